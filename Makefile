@@ -1,0 +1,60 @@
+# dataportability: build, test and demo.
+#
+#   make          build dataportability/core.so for Lua 5.4 (build/lua5.4)
+#   make luajit   the same for LuaJIT (build/luajit)
+#   make test     install what is missing, build, run every suite
+#   make demo     install what is missing, build, run examples/reset.lua
+#                 against a fresh emulator
+#   make install  copy the modules under PREFIX (DESTDIR honoured)
+#
+# Every path is overridable: make LUA_INCDIR=/opt/lua/include ...
+
+CC          ?= cc
+CFLAGS      ?= -O2 -g
+WARNINGS     = -std=c99 -Wall -Wextra -Wpedantic -Werror
+CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS   ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+LUA54_INCDIR  ?= /usr/include/lua5.4
+LUAJIT_INCDIR ?= /usr/include/luajit-2.1
+
+PREFIX        ?= /usr/local
+LUA_VERSION   ?= 5.4
+LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_MODULE_DIR  ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+
+SOURCES = csrc/core.c csrc/client.c csrc/token.c
+HEADERS = csrc/dp.h csrc/token.h
+
+all: build/lua5.4/dataportability/core.so
+luajit: build/luajit/dataportability/core.so
+
+build/lua5.4/dataportability/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(LUA54_INCDIR) $(CURL_CFLAGS) \
+		-o $@ $(SOURCES) $(CURL_LIBS) -pthread
+
+build/luajit/dataportability/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(LUAJIT_INCDIR) $(CURL_CFLAGS) \
+		-o $@ $(SOURCES) $(CURL_LIBS) -pthread
+
+deps:
+	@scripts/install-deps
+
+test: deps all luajit
+	@scripts/run-tests
+
+demo: deps all
+	@scripts/demo
+
+install: all
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/emulator
+	install -m 0755 build/lua$(LUA_VERSION)/dataportability/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability/
+	install -m 0644 lua/dataportability.lua $(DESTDIR)$(LUA_MODULE_DIR)/
+	install -m 0644 lua/dataportability/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/
+	install -m 0644 lua/dataportability/emulator/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/emulator/
+
+clean:
+	rm -rf build
+
+.PHONY: all luajit deps test demo install clean

@@ -1,0 +1,527 @@
+#define _POSIX_C_SOURCE 200809L /* inet_pton, strcasecmp */
+/* The client object: one libcurl easy handle, reused across calls so that
+ * connections are kept alive. Every request goes through l_request. */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+
+#include "dp.h"
+#include "token.h"
+
+#define BODY_MAX (1024 * 1024) /* larger responses are cut: too_large */
+#define AUTH_PREFIX "Authorization: Bearer "
+
+typedef struct {
+    CURL *curl;                 /* NULL once closed */
+    struct curl_slist *headers; /* per-client fixed headers */
+    char *base;                 /* scheme://host[:port], no trailing slash */
+    char *url;                  /* base + path of the current request */
+    size_t url_cap;
+    char *body;                 /* response body of the current request */
+    size_t body_len, body_cap;
+    int too_large;
+    char content_type[128];
+    char retry_after[64];
+    char errbuf[CURL_ERROR_SIZE];
+    char auth[sizeof AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each call */
+} dp_client;
+
+/* ---- option reading (the Lua layer validated them; this guards C) ---- */
+
+static const char *opt_string(lua_State *L, const char *name)
+{
+    const char *s;
+    size_t len;
+
+    lua_getfield(L, 1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s' must be a string", name);
+    s = lua_tolstring(L, -1, &len);
+    if (strlen(s) != len)
+        luaL_error(L, "option '%s' must not contain NUL bytes", name);
+    lua_pop(L, 1); /* still referenced by the options table */
+    return s;
+}
+
+/* Header values must not smuggle CR, LF or other control bytes. */
+static const char *opt_header_value(lua_State *L, const char *name)
+{
+    const char *s = opt_string(L, name);
+    const char *p;
+
+    for (p = s; p != NULL && *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            luaL_error(L, "option '%s' must be printable ASCII", name);
+    return s;
+}
+
+static long opt_millis(lua_State *L, const char *name, double dflt)
+{
+    double seconds = dflt;
+
+    lua_getfield(L, 1, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "option '%s' must be a number", name);
+        seconds = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    if (!(seconds > 0 && seconds <= 86400))
+        luaL_error(L, "option '%s' must be a number of seconds in (0, 86400]", name);
+    return (long)(seconds * 1000 + 0.5);
+}
+
+/* ---- endpoint ---- */
+
+static int is_loopback(const char *host)
+{
+    struct in_addr v4;
+    size_t len = strlen(host);
+
+    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+        return 1;
+    if (len > 0 && inet_pton(AF_INET, host, &v4) == 1)
+        return (ntohl(v4.s_addr) >> 24) == 127;
+    return 0;
+}
+
+/* Checks the endpoint and writes scheme://host[:port] into *base (malloc'd).
+ * Returns NULL or a static sentence saying what is wrong. */
+static const char *parse_endpoint(const char *endpoint, char **base, int *loopback)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
+    const char *problem = NULL;
+
+    *base = NULL;
+    if (u == NULL)
+        return "out of memory";
+    if (curl_url_set(u, CURLUPART_URL, endpoint, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        problem = "is not a URL of the form https://host[:port]";
+        goto done;
+    }
+    *loopback = is_loopback(host);
+    if (strcmp(scheme, "https") != 0 && !(strcmp(scheme, "http") == 0 && *loopback)) {
+        problem = "must be https:// (http:// only for a loopback host)";
+        goto done;
+    }
+    if (curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
+        curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
+        curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
+        strcmp(path, "/") != 0) {
+        problem = "must be only scheme://host[:port], without credentials, path or query";
+        goto done;
+    }
+    (void)curl_url_get(u, CURLUPART_PORT, &port, 0); /* absent: default port */
+    *base = malloc(strlen(scheme) + strlen(host) + (port ? strlen(port) : 0) + 5);
+    if (*base == NULL) {
+        problem = "out of memory";
+        goto done;
+    }
+    strcpy(*base, scheme);
+    strcat(*base, "://");
+    strcat(*base, host);
+    if (port != NULL) {
+        strcat(*base, ":");
+        strcat(*base, port);
+    }
+done:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(extra);
+    curl_url_cleanup(u);
+    return problem;
+}
+
+/* ---- libcurl callbacks: they never call into Lua ---- */
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
+{
+    dp_client *c = ud;
+    size_t n = size * nmemb;
+
+    if (n > BODY_MAX - c->body_len) {
+        c->too_large = 1;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    if (c->body_len + n > c->body_cap) {
+        size_t cap = c->body_cap ? c->body_cap : 1024;
+        char *p;
+        while (cap < c->body_len + n)
+            cap *= 2;
+        if (cap > BODY_MAX)
+            cap = BODY_MAX;
+        p = realloc(c->body, cap);
+        if (p == NULL)
+            return 0;
+        c->body = p;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, data, n);
+    c->body_len += n;
+    return n;
+}
+
+/* Keeps a header's value if `line` is that header, printable bytes only. */
+static void keep_header(const char *line, size_t len, const char *name, char *out, size_t cap)
+{
+    size_t name_len = strlen(name), i, n = 0;
+
+    if (len <= name_len || strncasecmp(line, name, name_len) != 0 || line[name_len] != ':')
+        return;
+    for (i = name_len + 1; i < len && line[i] == ' '; i++)
+        ;
+    for (; i < len && n + 1 < cap && line[i] >= 0x20 && line[i] <= 0x7e; i++)
+        out[n++] = line[i];
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
+static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
+{
+    dp_client *c = ud;
+    size_t n = size * nmemb;
+
+    if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) { /* a new response (after 100 Continue) */
+        c->content_type[0] = '\0';
+        c->retry_after[0] = '\0';
+    }
+    keep_header(line, n, "content-type", c->content_type, sizeof c->content_type);
+    keep_header(line, n, "retry-after", c->retry_after, sizeof c->retry_after);
+    return n;
+}
+
+/* ---- lifecycle ---- */
+
+static dp_client *check_client(lua_State *L)
+{
+    return luaL_checkudata(L, 1, DP_CLIENT_MT);
+}
+
+/* close, __gc and __close: idempotent. */
+static int l_close(lua_State *L)
+{
+    dp_client *c = check_client(L);
+
+    if (c->curl != NULL)
+        curl_easy_cleanup(c->curl);
+    c->curl = NULL;
+    curl_slist_free_all(c->headers);
+    c->headers = NULL;
+    free(c->base);
+    c->base = NULL;
+    free(c->url);
+    c->url = NULL;
+    c->url_cap = 0;
+    if (c->body != NULL)
+        dp_wipe(c->body, c->body_cap);
+    free(c->body);
+    c->body = NULL;
+    c->body_len = c->body_cap = 0;
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    dp_client *c = check_client(L);
+    lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c, c->curl ? "" : " (closed)");
+    return 1;
+}
+
+static int add_header(dp_client *c, const char *header)
+{
+    struct curl_slist *l = curl_slist_append(c->headers, header);
+    if (l == NULL)
+        return 0;
+    c->headers = l;
+    return 1;
+}
+
+#define SETOPT(opt, val)                                                     \
+    do {                                                                     \
+        CURLcode rc_ = curl_easy_setopt(c->curl, opt, val);                  \
+        if (rc_ != CURLE_OK)                                                 \
+            return luaL_error(L, "libcurl refused " #opt ": %s",             \
+                              curl_easy_strerror(rc_));                      \
+    } while (0)
+
+/* core.new{endpoint=, timeout=, connect_timeout=, ca_file=, user_agent=,
+ *          quota_project=, proxy=} -> client. Bad options raise. */
+static int l_new(lua_State *L)
+{
+    const char *endpoint, *ca_file, *user_agent, *quota_project, *proxy, *problem;
+    long timeout_ms, connect_ms;
+    int loopback = 0;
+    dp_client *c;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    endpoint = opt_string(L, "endpoint");
+    ca_file = opt_string(L, "ca_file");
+    user_agent = opt_header_value(L, "user_agent");
+    quota_project = opt_header_value(L, "quota_project");
+    proxy = opt_string(L, "proxy");
+    timeout_ms = opt_millis(L, "timeout", 60);
+    connect_ms = opt_millis(L, "connect_timeout", 10);
+    luaL_argcheck(L, endpoint != NULL, 1, "option 'endpoint' is required");
+
+    /* Closed first, so that any error below leaves a consistent object
+     * for __gc. */
+    c = lua_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    luaL_getmetatable(L, DP_CLIENT_MT);
+    lua_setmetatable(L, -2);
+
+    problem = parse_endpoint(endpoint, &c->base, &loopback);
+    if (problem != NULL)
+        return luaL_error(L, "option 'endpoint' %s", problem);
+    if (!add_header(c, "Accept: application/json") || !add_header(c, "Expect:"))
+        return luaL_error(L, "out of memory");
+    if (quota_project != NULL) {
+        lua_pushfstring(L, "x-goog-user-project: %s", quota_project);
+        if (!add_header(c, lua_tostring(L, -1)))
+            return luaL_error(L, "out of memory");
+        lua_pop(L, 1);
+    }
+    c->curl = curl_easy_init();
+    if (c->curl == NULL)
+        return luaL_error(L, "curl_easy_init failed");
+
+#if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
+    SETOPT(CURLOPT_PROTOCOLS_STR, loopback ? "http,https" : "https");
+    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+#else
+    SETOPT(CURLOPT_PROTOCOLS, loopback ? CURLPROTO_HTTP | CURLPROTO_HTTPS : CURLPROTO_HTTPS);
+    SETOPT(CURLOPT_REDIR_PROTOCOLS, CURLPROTO_HTTPS);
+#endif
+    SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
+    SETOPT(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (ca_file != NULL)
+        SETOPT(CURLOPT_CAINFO, ca_file);
+    /* One call at a time: HTTP/1.1 keep-alive is the fastest here. */
+    SETOPT(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+    SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)BODY_MAX);
+    /* A proxy only ever sees a CONNECT tunnel, never a request in clear. */
+    SETOPT(CURLOPT_HTTPPROXYTUNNEL, 1L);
+    if (proxy != NULL)
+        SETOPT(CURLOPT_PROXY, proxy);
+    else if (loopback)
+        SETOPT(CURLOPT_NOPROXY, "*"); /* the emulator is local */
+    if (user_agent != NULL)
+        SETOPT(CURLOPT_USERAGENT, user_agent);
+    SETOPT(CURLOPT_HTTPHEADER, c->headers);
+    SETOPT(CURLOPT_ERRORBUFFER, c->errbuf);
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, c);
+    SETOPT(CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(CURLOPT_HEADERDATA, c);
+    return 1;
+}
+
+/* ---- requests ---- */
+
+static int fail(lua_State *L, const char *kind, const char *message)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, kind);
+    lua_pushstring(L, message);
+    return 3;
+}
+
+static const char *kind_of(CURLcode rc, const dp_client *c)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return "dns";
+    case CURLE_COULDNT_CONNECT:
+        return "connect";
+    case CURLE_FILESIZE_EXCEEDED:
+        return "too_large";
+    case CURLE_WRITE_ERROR:
+        return c->too_large ? "too_large" : "network";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+        return "tls";
+    default:
+        return "network";
+    }
+}
+
+static int valid_method(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 ||
+           strcmp(m, "PATCH") == 0 || strcmp(m, "DELETE") == 0;
+}
+
+static int valid_path(const char *p, size_t len)
+{
+    size_t i;
+
+    if (len == 0 || p[0] != '/')
+        return 0;
+    for (i = 0; i < len; i++)
+        if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] > 0x7e || p[i] == '#')
+            return 0;
+    return 1;
+}
+
+static CURLcode set_url(dp_client *c, const char *path, size_t path_len)
+{
+    size_t base_len = strlen(c->base), need = base_len + path_len + 1;
+
+    if (need > c->url_cap) {
+        char *p = realloc(c->url, need);
+        if (p == NULL)
+            return CURLE_OUT_OF_MEMORY;
+        c->url = p;
+        c->url_cap = need;
+    }
+    memcpy(c->url, c->base, base_len);
+    memcpy(c->url + base_len, path, path_len + 1);
+    return curl_easy_setopt(c->curl, CURLOPT_URL, c->url);
+}
+
+static CURLcode set_method(dp_client *c, const char *method, const char *body, size_t body_len)
+{
+    CURLcode rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+
+    if (rc == CURLE_OK && strcmp(method, "GET") == 0)
+        return curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body ? body : "");
+    if (rc == CURLE_OK && strcmp(method, "POST") != 0)
+        rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
+    return rc;
+}
+
+/* client:request(method, path [, token [, json_body]])
+ *   -> status, body, content_type|nil, retry_after|nil
+ *   -> nil, kind, message  (nothing was received, or the body was cut) */
+static int l_request(lua_State *L)
+{
+    static char json_type[] = "Content-Type: application/json";
+    static char no_type[] = "Content-Type:"; /* drops libcurl's form type */
+    dp_client *c = check_client(L);
+    const char *method = luaL_checkstring(L, 2);
+    size_t path_len, token_len = 0, body_len = 0;
+    const char *path = luaL_checklstring(L, 3, &path_len);
+    const char *token = luaL_optlstring(L, 4, NULL, &token_len);
+    const char *body = luaL_optlstring(L, 5, NULL, &body_len);
+    struct curl_slist auth_node, type_node, *headers = c->headers;
+    const char *problem;
+    CURLcode rc;
+    long status = 0;
+
+    luaL_argcheck(L, valid_method(method), 2, "method must be GET, POST, PUT, PATCH or DELETE");
+    luaL_argcheck(L, valid_path(path, path_len), 3, "path must start with / and be printable ASCII");
+    luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, 5, "a GET has no body");
+    if (c->curl == NULL)
+        return fail(L, "closed", "client is closed");
+    if (token != NULL && (problem = dp_token_problem(token, token_len)) != NULL)
+        return fail(L, "invalid_token", problem);
+
+    if (strcmp(method, "GET") != 0) {
+        type_node.data = body ? json_type : no_type;
+        type_node.next = headers;
+        headers = &type_node;
+    }
+    if (token != NULL) {
+        memcpy(c->auth, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
+        memcpy(c->auth + sizeof AUTH_PREFIX - 1, token, token_len + 1);
+        auth_node.data = c->auth;
+        auth_node.next = headers;
+        headers = &auth_node;
+    }
+    c->body_len = 0;
+    c->too_large = 0;
+    c->content_type[0] = c->retry_after[0] = c->errbuf[0] = '\0';
+
+    rc = set_url(c, path, path_len);
+    if (rc == CURLE_OK)
+        rc = set_method(c, method, body, body_len);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
+    if (rc == CURLE_OK)
+        rc = curl_easy_perform(c->curl);
+    if (rc == CURLE_OK)
+        rc = curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
+
+    /* The handle must not keep pointers to this frame or to the token. */
+    if (curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK && rc == CURLE_OK)
+        rc = CURLE_FAILED_INIT;
+    if (token != NULL)
+        dp_wipe(c->auth, sizeof AUTH_PREFIX + token_len);
+
+    if (rc != CURLE_OK) {
+        const char *kind = kind_of(rc, c);
+        dp_wipe(c->body, c->body_len);
+        if (strcmp(kind, "too_large") == 0)
+            return fail(L, kind, "response body is larger than 1 MiB");
+        return fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
+    }
+    lua_pushinteger(L, status);
+    lua_pushlstring(L, c->body ? c->body : "", c->body_len);
+    dp_wipe(c->body, c->body_len); /* token endpoints answer with secrets */
+    if (c->content_type[0] != '\0')
+        lua_pushstring(L, c->content_type);
+    else
+        lua_pushnil(L);
+    if (c->retry_after[0] != '\0')
+        lua_pushstring(L, c->retry_after);
+    else
+        lua_pushnil(L);
+    return 4;
+}
+
+void dp_client_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"request", l_request},
+        {"close", l_close},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", l_close},
+        {"__close", l_close},
+        {"__tostring", l_tostring},
+        {NULL, NULL}
+    };
+
+    luaL_newmetatable(L, DP_CLIENT_MT);
+    dp_setfuncs(L, meta);
+    lua_newtable(L);
+    dp_setfuncs(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "new");
+}

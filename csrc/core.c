@@ -1,0 +1,58 @@
+/* dataportability.core: the module entry. libcurl is initialised once per
+ * process, whatever number of Lua states load the module. */
+#include <pthread.h>
+
+#include <curl/curl.h>
+
+#include "dp.h"
+#include "token.h"
+
+#if defined(_WIN32)
+#define DP_EXPORT __declspec(dllexport)
+#else
+#define DP_EXPORT __attribute__((visibility("default")))
+#endif
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result = CURLE_FAILED_INIT;
+
+static void init_curl(void)
+{
+    curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* core.check_token(s) -> true | nil, reason */
+static int l_check_token(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    const char *problem = dp_token_problem(s, len);
+
+    if (problem == NULL) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, problem);
+    return 2;
+}
+
+DP_EXPORT int luaopen_dataportability_core(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"check_token", l_check_token},
+        {NULL, NULL}
+    };
+
+    if (pthread_once(&curl_once, init_curl) != 0 || curl_init_result != CURLE_OK)
+        return luaL_error(L, "dataportability.core: libcurl initialisation failed");
+
+    lua_newtable(L);
+    dp_setfuncs(L, funcs);
+    dp_client_open(L);
+    lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+    lua_setfield(L, -2, "curl_version");
+    lua_pushinteger(L, DP_TOKEN_MAX);
+    lua_setfield(L, -2, "token_max");
+    return 1;
+}
