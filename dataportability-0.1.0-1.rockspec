@@ -1,0 +1,42 @@
+rockspec_format = "3.0"
+package = "dataportability"
+version = "0.1.0-1"
+source = {
+   url = "git+https://github.com/dataportability/dataportability-lua.git",
+   tag = "v0.1.0",
+}
+description = {
+   summary = "Google's Data Portability API for Lua, with a C core on libcurl",
+   detailed = [[
+Resets Data Portability authorizations (authorization.reset) over verified
+HTTPS with a libcurl core, returns documented error tables, and ships a local
+emulator (nginx + ngx_lua) for tests.]],
+   homepage = "https://github.com/dataportability/dataportability-lua",
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.1",
+   "lua-cjson",
+}
+external_dependencies = {
+   CURL = { library = "curl" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["dataportability"] = "lua/dataportability.lua",
+      ["dataportability.client"] = "lua/dataportability/client.lua",
+      ["dataportability.errors"] = "lua/dataportability/errors.lua",
+      ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
+      ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",
+      ["dataportability.core"] = {
+         sources = { "csrc/core.c", "csrc/client.c", "csrc/token.c" },
+         libraries = { "curl", "pthread" },
+         incdirs = { "$(CURL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)" },
+      },
+   },
+   install = {
+      bin = { "bin/dataportability-emulator" },
+   },
+}

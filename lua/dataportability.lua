@@ -1,0 +1,28 @@
+-- dataportability: Google's Data Portability API for Lua.
+local client = require("dataportability.client")
+local errors = require("dataportability.errors")
+
+local _M = {
+    _VERSION = client.VERSION,
+    is_error = errors.is_error,
+}
+
+--- dp.new(opts) -> client
+function _M.new(opts)
+    local c = client.create(opts, "new") -- not a tail call: errors blame the caller
+    return c
+end
+
+--- dp.reset(token [, opts]) -> true | nil, err: a one-off client.
+function _M.reset(token, opts)
+    client.check_token_type(token, "reset")
+    local c = client.create(opts, "reset")
+    local ok, err = c:reset(token)
+    c:close()
+    if not ok then
+        return nil, err
+    end
+    return true
+end
+
+return _M

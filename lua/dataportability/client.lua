@@ -1,0 +1,129 @@
+-- The client: option checks, the API's methods as table entries, and the
+-- one request path they all share.
+local core = require("dataportability.core")
+local errors = require("dataportability.errors")
+local json = require("cjson.safe")
+
+local type, pairs, tostring, error, setmetatable = type, pairs, tostring, error, setmetatable
+local format, find, getenv = string.format, string.find, os.getenv
+
+local _M = { VERSION = "0.1.0" }
+
+local DEFAULT_ENDPOINT = "https://dataportability.googleapis.com"
+local USER_AGENT = "dataportability-lua/" .. _M.VERSION
+
+-- Every option and its type; anything else is a programming error.
+local OPTIONS = {
+    endpoint = "string", timeout = "number", connect_timeout = "number",
+    ca_file = "string", user_agent = "string", quota_project = "string", proxy = "string",
+}
+
+-- The API's methods. A new method is one entry here and a small wrapper.
+local METHODS = {
+    reset = { id = "authorization.reset", http = "POST", path = "/v1/authorization:reset" },
+}
+
+local Client = { __name = "dataportability.client" }
+Client.__index = Client
+
+local function check_options(opts, fname)
+    if opts == nil then
+        return {}
+    end
+    if type(opts) ~= "table" then
+        error(format("bad argument to '%s' (options table expected, got %s)", fname, type(opts)), 4)
+    end
+    for k, v in pairs(opts) do
+        local want = OPTIONS[k]
+        if not want then
+            error(format("%s: unknown option '%s'", fname, tostring(k)), 4)
+        end
+        if type(v) ~= want then
+            error(format("%s: option '%s' must be a %s, got %s", fname, k, want, type(v)), 4)
+        end
+    end
+    return opts
+end
+
+-- As with Google's emulators: DATAPORTABILITY_EMULATOR_HOST=host:port.
+local function default_endpoint()
+    local host = getenv("DATAPORTABILITY_EMULATOR_HOST")
+    if host == nil or host == "" then
+        return DEFAULT_ENDPOINT
+    end
+    if find(host, "[/@?#%s]") then
+        error("DATAPORTABILITY_EMULATOR_HOST must be host:port, got '" .. host .. "'", 4)
+    end
+    return "http://" .. host
+end
+
+local function create(opts, fname)
+    opts = check_options(opts, fname)
+    local ok, handle = pcall(core.new, {
+        endpoint = opts.endpoint or default_endpoint(),
+        timeout = opts.timeout,
+        connect_timeout = opts.connect_timeout,
+        ca_file = opts.ca_file,
+        user_agent = opts.user_agent and USER_AGENT .. " " .. opts.user_agent or USER_AGENT,
+        quota_project = opts.quota_project,
+        proxy = opts.proxy,
+    })
+    if not ok then
+        error(fname .. ": " .. tostring(handle), 3)
+    end
+    return setmetatable({ handle = handle }, Client)
+end
+
+local function check_token_type(token, fname)
+    if type(token) ~= "string" then
+        error(format("bad argument #1 to '%s' (token string expected, got %s)", fname, type(token)), 3)
+    end
+end
+
+-- The one request path: returns the decoded JSON body of a 2xx, or nil, err.
+local function call(self, m, token, body)
+    local status, resp, content_type, retry_after =
+        self.handle:request(m.http, m.path, token, body and json.encode(body))
+    if not status then
+        return nil, errors.new(m.id, resp, content_type)
+    end
+    resp = errors.redact(resp, token)
+    if status < 200 or status >= 300 then
+        return nil, errors.from_response(m.id, status, resp, content_type, retry_after)
+    end
+    if resp == "" then
+        return {}
+    end
+    local doc = json.decode(resp)
+    if type(doc) ~= "table" then
+        return nil, errors.new(m.id, "http",
+            format("HTTP %d with a body that is not a JSON object", status), { http_status = status })
+    end
+    return doc
+end
+
+--- client:reset(token) -> true | nil, err
+function Client:reset(token)
+    check_token_type(token, "reset")
+    local ok, err = call(self, METHODS.reset, token)
+    if not ok then
+        return nil, err
+    end
+    return true
+end
+
+--- client:close(): idempotent; later calls return a `closed` error.
+function Client:close()
+    self.handle:close()
+end
+
+Client.__close = Client.close
+
+function Client:__tostring()
+    return tostring(self.handle)
+end
+
+_M.create = create
+_M.check_token_type = check_token_type
+
+return _M
