@@ -9,7 +9,7 @@
 --   ... point the client at emu.endpoint (or emu.https_endpoint + emu.ca_file) ...
 --   emu:stop()
 
-local _M = { _VERSION = "0.1.0" }
+local _M = {}
 
 local SERVER_MODULE = "dataportability.emulator.server"
 local DEFAULT_MODULES = {  -- Debian's libnginx-mod-http-lua; OpenResty has them built in

@@ -9,7 +9,7 @@ local cjson = require("cjson.safe")
 local concat, sort, remove = table.concat, table.sort, table.remove
 local str_find, str_sub, str_rep, str_lower = string.find, string.sub, string.rep, string.lower
 
-local _M = { _VERSION = "0.1.0" }
+local _M = {}
 
 local JSON_TYPE = "application/json; charset=UTF-8"
 local HTML_TYPE = "text/html; charset=UTF-8"
