@@ -168,6 +168,13 @@ describe("reset against the emulator", function()
             assert.equals("http", faulted({ action = "empty", status = 500 }).kind)
         end)
 
+        it("http: a 2xx whose body is not JSON is not a success", function()
+            local err = faulted({ action = "html", status = 200 })
+            assert.equals("http", err.kind)
+            assert.equals(200, err.http_status)
+            assert.is_false(err.retryable)
+        end)
+
         it("redirect: a 3xx is an error, never followed", function()
             local err = faulted({ action = "redirect", status = 302,
                                   location = "https://127.0.0.2:9" .. RESET })
