@@ -17,7 +17,7 @@
 typedef struct {
     CURL *curl;                 /* NULL once closed */
     struct curl_slist *headers; /* per-client fixed headers */
-    char *base;                 /* scheme://host[:port], no trailing slash */
+    char *base;                 /* scheme://host:port */
     char *url;                  /* base + path of the current request */
     size_t url_cap;
     char *body;                 /* response body of the current request */
@@ -28,6 +28,82 @@ typedef struct {
     char errbuf[CURL_ERROR_SIZE];
     char auth[sizeof AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each call */
 } dp_client;
+
+/* ---- endpoint ---- */
+
+static int is_loopback(const char *host)
+{
+    struct in_addr v4;
+    size_t len = strlen(host);
+
+    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+        return 1;
+    if (len > 0 && inet_pton(AF_INET, host, &v4) == 1)
+        return (ntohl(v4.s_addr) >> 24) == 127;
+    return 0;
+}
+
+typedef struct {
+    char *base;        /* scheme://host[:port], malloc'd */
+    size_t host_start; /* the host inside base, brackets kept for IPv6 */
+    size_t host_len;
+    long port;         /* explicit, or the scheme's default */
+    int https;
+    int loopback;
+} dp_endpoint;
+
+/* Checks the endpoint and fills *ep. Returns NULL, or a static sentence
+ * saying what is wrong (then ep->base is NULL). */
+static const char *parse_endpoint(const char *endpoint, dp_endpoint *ep)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
+    const char *problem = NULL;
+    size_t scheme_len;
+
+    memset(ep, 0, sizeof *ep);
+    if (u == NULL)
+        return "out of memory";
+    if (curl_url_set(u, CURLUPART_URL, endpoint, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        problem = "is not a URL of the form https://host[:port]";
+        goto done;
+    }
+    ep->https = strcmp(scheme, "https") == 0;
+    ep->loopback = is_loopback(host);
+    if (!ep->https && !(strcmp(scheme, "http") == 0 && ep->loopback)) {
+        problem = "must be https:// (http:// only for a loopback host)";
+        goto done;
+    }
+    if (curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
+        curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
+        curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
+        strcmp(path, "/") != 0) {
+        problem = "must be only scheme://host[:port], without credentials, path or query";
+        goto done;
+    }
+    scheme_len = strlen(scheme);
+    ep->host_start = scheme_len + 3;
+    ep->host_len = strlen(host);
+    ep->port = strtol(port, NULL, 10);
+    ep->base = malloc(ep->host_start + ep->host_len + strlen(port) + 2);
+    if (ep->base == NULL) {
+        problem = "out of memory";
+        goto done;
+    }
+    sprintf(ep->base, "%s://%s:%s", scheme, host, port);
+done:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(extra);
+    curl_url_cleanup(u);
+    return problem;
+}
 
 /* ---- option reading (the Lua layer validated them; this guards C) ---- */
 
@@ -78,71 +154,29 @@ static long opt_millis(lua_State *L, const char *name, double dflt)
     return (long)(seconds * 1000 + 0.5);
 }
 
-/* ---- endpoint ---- */
+typedef struct {
+    const char *endpoint, *ca_file, *user_agent, *quota_project, *proxy;
+    long timeout_ms, connect_ms;
+} dp_options;
 
-static int is_loopback(const char *host)
+/* Reads the options table at index 1 and parses its endpoint into *ep (the
+ * caller frees ep->base). Bad options raise. */
+static void read_options(lua_State *L, dp_options *o, dp_endpoint *ep)
 {
-    struct in_addr v4;
-    size_t len = strlen(host);
+    const char *problem;
 
-    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
-        return 1;
-    if (len > 0 && inet_pton(AF_INET, host, &v4) == 1)
-        return (ntohl(v4.s_addr) >> 24) == 127;
-    return 0;
-}
-
-/* Checks the endpoint and writes scheme://host[:port] into *base (malloc'd).
- * Returns NULL or a static sentence saying what is wrong. */
-static const char *parse_endpoint(const char *endpoint, char **base, int *loopback)
-{
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
-    const char *problem = NULL;
-
-    *base = NULL;
-    if (u == NULL)
-        return "out of memory";
-    if (curl_url_set(u, CURLUPART_URL, endpoint, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
-        problem = "is not a URL of the form https://host[:port]";
-        goto done;
-    }
-    *loopback = is_loopback(host);
-    if (strcmp(scheme, "https") != 0 && !(strcmp(scheme, "http") == 0 && *loopback)) {
-        problem = "must be https:// (http:// only for a loopback host)";
-        goto done;
-    }
-    if (curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
-        curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
-        curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
-        strcmp(path, "/") != 0) {
-        problem = "must be only scheme://host[:port], without credentials, path or query";
-        goto done;
-    }
-    (void)curl_url_get(u, CURLUPART_PORT, &port, 0); /* absent: default port */
-    *base = malloc(strlen(scheme) + strlen(host) + (port ? strlen(port) : 0) + 5);
-    if (*base == NULL) {
-        problem = "out of memory";
-        goto done;
-    }
-    strcpy(*base, scheme);
-    strcat(*base, "://");
-    strcat(*base, host);
-    if (port != NULL) {
-        strcat(*base, ":");
-        strcat(*base, port);
-    }
-done:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_free(path);
-    curl_free(extra);
-    curl_url_cleanup(u);
-    return problem;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    o->endpoint = opt_string(L, "endpoint");
+    o->ca_file = opt_string(L, "ca_file");
+    o->user_agent = opt_header_value(L, "user_agent");
+    o->quota_project = opt_header_value(L, "quota_project");
+    o->proxy = opt_string(L, "proxy");
+    o->timeout_ms = opt_millis(L, "timeout", 60);
+    o->connect_ms = opt_millis(L, "connect_timeout", 10);
+    luaL_argcheck(L, o->endpoint != NULL, 1, "option 'endpoint' is required");
+    problem = parse_endpoint(o->endpoint, ep);
+    if (problem != NULL)
+        luaL_error(L, "option 'endpoint' %s", problem);
 }
 
 /* ---- libcurl callbacks: they never call into Lua ---- */
@@ -262,20 +296,9 @@ static int add_header(dp_client *c, const char *header)
  *          quota_project=, proxy=} -> client. Bad options raise. */
 static int l_new(lua_State *L)
 {
-    const char *endpoint, *ca_file, *user_agent, *quota_project, *proxy, *problem;
-    long timeout_ms, connect_ms;
-    int loopback = 0;
+    dp_options o;
+    dp_endpoint ep;
     dp_client *c;
-
-    luaL_checktype(L, 1, LUA_TTABLE);
-    endpoint = opt_string(L, "endpoint");
-    ca_file = opt_string(L, "ca_file");
-    user_agent = opt_header_value(L, "user_agent");
-    quota_project = opt_header_value(L, "quota_project");
-    proxy = opt_string(L, "proxy");
-    timeout_ms = opt_millis(L, "timeout", 60);
-    connect_ms = opt_millis(L, "connect_timeout", 10);
-    luaL_argcheck(L, endpoint != NULL, 1, "option 'endpoint' is required");
 
     /* Closed first, so that any error below leaves a consistent object
      * for __gc. */
@@ -284,13 +307,12 @@ static int l_new(lua_State *L)
     luaL_getmetatable(L, DP_CLIENT_MT);
     lua_setmetatable(L, -2);
 
-    problem = parse_endpoint(endpoint, &c->base, &loopback);
-    if (problem != NULL)
-        return luaL_error(L, "option 'endpoint' %s", problem);
+    read_options(L, &o, &ep);
+    c->base = ep.base;
     if (!add_header(c, "Accept: application/json") || !add_header(c, "Expect:"))
         return luaL_error(L, "out of memory");
-    if (quota_project != NULL) {
-        lua_pushfstring(L, "x-goog-user-project: %s", quota_project);
+    if (o.quota_project != NULL) {
+        lua_pushfstring(L, "x-goog-user-project: %s", o.quota_project);
         if (!add_header(c, lua_tostring(L, -1)))
             return luaL_error(L, "out of memory");
         lua_pop(L, 1);
@@ -300,39 +322,67 @@ static int l_new(lua_State *L)
         return luaL_error(L, "curl_easy_init failed");
 
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
-    SETOPT(CURLOPT_PROTOCOLS_STR, loopback ? "http,https" : "https");
+    SETOPT(CURLOPT_PROTOCOLS_STR, ep.https ? "https" : "http");
     SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
 #else
-    SETOPT(CURLOPT_PROTOCOLS, loopback ? CURLPROTO_HTTP | CURLPROTO_HTTPS : CURLPROTO_HTTPS);
+    SETOPT(CURLOPT_PROTOCOLS, ep.https ? CURLPROTO_HTTPS : CURLPROTO_HTTP);
     SETOPT(CURLOPT_REDIR_PROTOCOLS, CURLPROTO_HTTPS);
 #endif
     SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
     SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
     SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
     SETOPT(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (ca_file != NULL)
-        SETOPT(CURLOPT_CAINFO, ca_file);
+    if (o.ca_file != NULL)
+        SETOPT(CURLOPT_CAINFO, o.ca_file);
     /* One call at a time: HTTP/1.1 keep-alive is the fastest here. */
     SETOPT(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SETOPT(CURLOPT_NOSIGNAL, 1L);
     SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
-    SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms);
-    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    SETOPT(CURLOPT_TIMEOUT_MS, o.timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, o.connect_ms);
     SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)BODY_MAX);
     /* A proxy only ever sees a CONNECT tunnel, never a request in clear. */
     SETOPT(CURLOPT_HTTPPROXYTUNNEL, 1L);
-    if (proxy != NULL)
-        SETOPT(CURLOPT_PROXY, proxy);
-    else if (loopback)
+    if (o.proxy != NULL)
+        SETOPT(CURLOPT_PROXY, o.proxy);
+    else if (ep.loopback)
         SETOPT(CURLOPT_NOPROXY, "*"); /* the emulator is local */
-    if (user_agent != NULL)
-        SETOPT(CURLOPT_USERAGENT, user_agent);
+    if (o.user_agent != NULL)
+        SETOPT(CURLOPT_USERAGENT, o.user_agent);
     SETOPT(CURLOPT_HTTPHEADER, c->headers);
     SETOPT(CURLOPT_ERRORBUFFER, c->errbuf);
     SETOPT(CURLOPT_WRITEFUNCTION, on_body);
     SETOPT(CURLOPT_WRITEDATA, c);
     SETOPT(CURLOPT_HEADERFUNCTION, on_header);
     SETOPT(CURLOPT_HEADERDATA, c);
+    return 1;
+}
+
+/* core.check_options(opts) -> {scheme=, host=, port=, base=, loopback=,
+ * timeout_ms=, connect_timeout_ms=}: the checks and parse of core.new, for
+ * transports that do not use libcurl. Bad options raise. */
+static int l_check_options(lua_State *L)
+{
+    dp_options o;
+    dp_endpoint ep;
+
+    read_options(L, &o, &ep);
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, ep.https ? "https" : "http");
+    lua_setfield(L, -2, "scheme");
+    lua_pushlstring(L, ep.base + ep.host_start, ep.host_len);
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, ep.port);
+    lua_setfield(L, -2, "port");
+    lua_pushstring(L, ep.base);
+    lua_setfield(L, -2, "base");
+    free(ep.base);
+    lua_pushboolean(L, ep.loopback);
+    lua_setfield(L, -2, "loopback");
+    lua_pushinteger(L, o.timeout_ms);
+    lua_setfield(L, -2, "timeout_ms");
+    lua_pushinteger(L, o.connect_ms);
+    lua_setfield(L, -2, "connect_timeout_ms");
     return 1;
 }
 
@@ -524,4 +574,6 @@ void dp_client_open(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
+    lua_pushcfunction(L, l_check_options);
+    lua_setfield(L, -2, "check_options");
 }

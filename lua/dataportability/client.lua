@@ -57,9 +57,19 @@ local function default_endpoint()
     return "http://" .. host
 end
 
+-- In nginx, requests go through cosockets so that they never block the
+-- worker; everywhere else through libcurl in the C core.
+local function new_transport(o)
+    local ngx = rawget(_G, "ngx")
+    if type(ngx) == "table" and ngx.socket and ngx.get_phase then
+        return require("dataportability.transport.ngx").new(o)
+    end
+    return core.new(o)
+end
+
 local function create(opts, fname)
     opts = check_options(opts, fname)
-    local ok, handle = pcall(core.new, {
+    local ok, transport = pcall(new_transport, {
         endpoint = opts.endpoint or default_endpoint(),
         timeout = opts.timeout,
         connect_timeout = opts.connect_timeout,
@@ -69,9 +79,9 @@ local function create(opts, fname)
         proxy = opts.proxy,
     })
     if not ok then
-        error(fname .. ": " .. tostring(handle), 3)
+        error(fname .. ": " .. tostring(transport), 3)
     end
-    return setmetatable({ handle = handle }, Client)
+    return setmetatable({ transport = transport }, Client)
 end
 
 local function check_token_type(token, fname)
@@ -83,7 +93,7 @@ end
 -- The one request path: returns the decoded JSON body of a 2xx, or nil, err.
 local function call(self, m, token, body)
     local status, resp, content_type, retry_after =
-        self.handle:request(m.http, m.path, token, body and json.encode(body))
+        self.transport:request(m.http, m.path, token, body and json.encode(body))
     if not status then
         return nil, errors.new(m.id, resp, content_type)
     end
@@ -114,13 +124,13 @@ end
 
 --- client:close(): idempotent; later calls return a `closed` error.
 function Client:close()
-    self.handle:close()
+    self.transport:close()
 end
 
 Client.__close = Client.close
 
 function Client:__tostring()
-    return tostring(self.handle)
+    return tostring(self.transport)
 end
 
 _M.create = create
