@@ -2,20 +2,24 @@
 #
 #   make          build dataportability/core.so for Lua 5.4 (build/lua5.4)
 #   make luajit   the same for LuaJIT (build/luajit)
-#   make test     install what is missing, build, run every suite
+#   make matrix   for Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT
+#   make test     install what is missing, build the matrix, run every suite
 #   make demo     install what is missing, build, run examples/reset.lua
 #                 against a fresh emulator
 #   make install  copy the modules under PREFIX (DESTDIR honoured)
 #
-# Every path is overridable: make LUA_INCDIR=/opt/lua/include ...
+# Every path is overridable: make LUA_INCDIR_5.4=/opt/lua/include ...
 
 CC          ?= cc
 CFLAGS      ?= -O2 -g
 WARNINGS     = -std=c99 -Wall -Wextra -Wpedantic -Werror
 CURL_CFLAGS ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
-LUA54_INCDIR  ?= /usr/include/lua5.4
-LUAJIT_INCDIR ?= /usr/include/luajit-2.1
+LUA_INCDIR_5.1 ?= /usr/include/lua5.1
+LUA_INCDIR_5.2 ?= /usr/include/lua5.2
+LUA_INCDIR_5.3 ?= /usr/include/lua5.3
+LUA_INCDIR_5.4 ?= /usr/include/lua5.4
+LUAJIT_INCDIR  ?= /usr/include/luajit-2.1
 
 PREFIX        ?= /usr/local
 LUA_VERSION   ?= 5.4
@@ -27,21 +31,21 @@ HEADERS = csrc/dp.h csrc/token.h
 
 all: build/lua5.4/dataportability/core.so
 luajit: build/luajit/dataportability/core.so
+matrix: $(foreach v,5.1 5.2 5.3 5.4,build/lua$(v)/dataportability/core.so) luajit
 
-build/lua5.4/dataportability/core.so: $(SOURCES) $(HEADERS)
-	@mkdir -p $(@D)
-	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(LUA54_INCDIR) $(CURL_CFLAGS) \
-		-o $@ $(SOURCES) $(CURL_LIBS) -pthread
+BUILD_CORE = @mkdir -p $(@D) && echo "cc $@" && \
+	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(1) $(CURL_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) -pthread
+
+build/lua%/dataportability/core.so: $(SOURCES) $(HEADERS)
+	$(call BUILD_CORE,$(LUA_INCDIR_$*))
 
 build/luajit/dataportability/core.so: $(SOURCES) $(HEADERS)
-	@mkdir -p $(@D)
-	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(LUAJIT_INCDIR) $(CURL_CFLAGS) \
-		-o $@ $(SOURCES) $(CURL_LIBS) -pthread
+	$(call BUILD_CORE,$(LUAJIT_INCDIR))
 
 deps:
 	@scripts/install-deps
 
-test: deps all luajit
+test: deps matrix
 	@scripts/run-tests
 
 demo: deps all
@@ -57,4 +61,4 @@ install: all
 clean:
 	rm -rf build
 
-.PHONY: all luajit deps test demo install clean
+.PHONY: all luajit matrix deps test demo install clean
