@@ -12,22 +12,7 @@
 #include "token.h"
 
 #define BODY_MAX (1024 * 1024) /* larger responses are cut: too_large */
-#define AUTH_PREFIX "Authorization: Bearer "
 
-typedef struct {
-    CURL *curl;                 /* NULL once closed */
-    struct curl_slist *headers; /* per-client fixed headers */
-    char *base;                 /* scheme://host:port */
-    char *url;                  /* base + path of the current request */
-    size_t url_cap;
-    char *body;                 /* response body of the current request */
-    size_t body_len, body_cap;
-    int too_large;
-    char content_type[128];
-    char retry_after[64];
-    char errbuf[CURL_ERROR_SIZE];
-    char auth[sizeof AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each call */
-} dp_client;
 
 /* ---- endpoint ---- */
 
@@ -240,16 +225,18 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 
 /* ---- lifecycle ---- */
 
-static dp_client *check_client(lua_State *L)
+dp_client *dp_check_client(lua_State *L, int idx)
 {
-    return luaL_checkudata(L, 1, DP_CLIENT_MT);
+    return luaL_checkudata(L, idx, DP_CLIENT_MT);
 }
 
 /* close, __gc and __close: idempotent. */
 static int l_close(lua_State *L)
 {
-    dp_client *c = check_client(L);
+    dp_client *c = dp_check_client(L, 1);
 
+    if (c->multi != NULL)
+        dp_multi_cancel(L, c);
     if (c->curl != NULL)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
@@ -270,7 +257,7 @@ static int l_close(lua_State *L)
 
 static int l_tostring(lua_State *L)
 {
-    dp_client *c = check_client(L);
+    dp_client *c = dp_check_client(L, 1);
     lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c, c->curl ? "" : " (closed)");
     return 1;
 }
@@ -304,6 +291,7 @@ static int l_new(lua_State *L)
      * for __gc. */
     c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
+    c->ref = LUA_NOREF;
     luaL_getmetatable(L, DP_CLIENT_MT);
     lua_setmetatable(L, -2);
 
@@ -355,6 +343,7 @@ static int l_new(lua_State *L)
     SETOPT(CURLOPT_WRITEDATA, c);
     SETOPT(CURLOPT_HEADERFUNCTION, on_header);
     SETOPT(CURLOPT_HEADERDATA, c);
+    SETOPT(CURLOPT_PRIVATE, (void *)c);
     return 1;
 }
 
@@ -388,7 +377,7 @@ static int l_check_options(lua_State *L)
 
 /* ---- requests ---- */
 
-static int fail(lua_State *L, const char *kind, const char *message)
+int dp_fail(lua_State *L, const char *kind, const char *message)
 {
     lua_pushnil(L);
     lua_pushstring(L, kind);
@@ -458,6 +447,7 @@ static CURLcode set_url(dp_client *c, const char *path, size_t path_len)
     return curl_easy_setopt(c->curl, CURLOPT_URL, c->url);
 }
 
+/* The body is copied: an asynchronous request outlives the Lua string. */
 static CURLcode set_method(dp_client *c, const char *method, const char *body, size_t body_len)
 {
     CURLcode rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
@@ -467,49 +457,47 @@ static CURLcode set_method(dp_client *c, const char *method, const char *body, s
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body ? body : "");
+        rc = curl_easy_setopt(c->curl, CURLOPT_COPYPOSTFIELDS, body ? body : "");
     if (rc == CURLE_OK && strcmp(method, "POST") != 0)
         rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
     return rc;
 }
 
-/* client:request(method, path [, token [, json_body]])
- *   -> status, body, content_type|nil, retry_after|nil
- *   -> nil, kind, message  (nothing was received, or the body was cut) */
-static int l_request(lua_State *L)
+int dp_client_prepare(lua_State *L, dp_client *c, int arg)
 {
     static char json_type[] = "Content-Type: application/json";
     static char no_type[] = "Content-Type:"; /* drops libcurl's form type */
-    dp_client *c = check_client(L);
-    const char *method = luaL_checkstring(L, 2);
+    const char *method = luaL_checkstring(L, arg);
     size_t path_len, token_len = 0, body_len = 0;
-    const char *path = luaL_checklstring(L, 3, &path_len);
-    const char *token = luaL_optlstring(L, 4, NULL, &token_len);
-    const char *body = luaL_optlstring(L, 5, NULL, &body_len);
-    struct curl_slist auth_node, type_node, *headers = c->headers;
+    const char *path = luaL_checklstring(L, arg + 1, &path_len);
+    const char *token = luaL_optlstring(L, arg + 2, NULL, &token_len);
+    const char *body = luaL_optlstring(L, arg + 3, NULL, &body_len);
+    struct curl_slist *headers = c->headers;
     const char *problem;
     CURLcode rc;
-    long status = 0;
 
-    luaL_argcheck(L, valid_method(method), 2, "method must be GET, POST, PUT, PATCH or DELETE");
-    luaL_argcheck(L, valid_path(path, path_len), 3, "path must start with / and be printable ASCII");
-    luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, 5, "a GET has no body");
+    luaL_argcheck(L, valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
+    luaL_argcheck(L, valid_path(path, path_len), arg + 1, "path must start with / and be printable ASCII");
+    luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, arg + 3, "a GET has no body");
     if (c->curl == NULL)
-        return fail(L, "closed", "client is closed");
+        return dp_fail(L, "closed", "client is closed");
+    if (c->multi != NULL)
+        return luaL_error(L, "client is busy with an asynchronous request");
     if (token != NULL && (problem = dp_token_problem(token, token_len)) != NULL)
-        return fail(L, "invalid_token", problem);
+        return dp_fail(L, "invalid_token", problem);
 
     if (strcmp(method, "GET") != 0) {
-        type_node.data = body ? json_type : no_type;
-        type_node.next = headers;
-        headers = &type_node;
+        c->type_node.data = body ? json_type : no_type;
+        c->type_node.next = headers;
+        headers = &c->type_node;
     }
     if (token != NULL) {
         memcpy(c->auth, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
         memcpy(c->auth + sizeof AUTH_PREFIX - 1, token, token_len + 1);
-        auth_node.data = c->auth;
-        auth_node.next = headers;
-        headers = &auth_node;
+        c->auth_len = sizeof AUTH_PREFIX + token_len;
+        c->auth_node.data = c->auth;
+        c->auth_node.next = headers;
+        headers = &c->auth_node;
     }
     c->body_len = 0;
     c->too_large = 0;
@@ -520,23 +508,37 @@ static int l_request(lua_State *L)
         rc = set_method(c, method, body, body_len);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
-    if (rc == CURLE_OK)
-        rc = curl_easy_perform(c->curl);
+    if (rc != CURLE_OK) {
+        dp_client_release(c);
+        return dp_fail(L, "network", curl_easy_strerror(rc));
+    }
+    return 0;
+}
+
+void dp_client_release(dp_client *c)
+{
+    /* Plain pointer options: libcurl cannot refuse them. The handle must
+     * not keep pointers to the token or to a multi that may go away. */
+    if (c->curl != NULL) {
+        (void)curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
+        (void)curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
+    }
+    dp_wipe(c->auth, c->auth_len);
+    c->auth_len = 0;
+}
+
+int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
+{
+    long status = 0;
+
     if (rc == CURLE_OK)
         rc = curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
-
-    /* The handle must not keep pointers to this frame or to the token. */
-    if (curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK && rc == CURLE_OK)
-        rc = CURLE_FAILED_INIT;
-    if (token != NULL)
-        dp_wipe(c->auth, sizeof AUTH_PREFIX + token_len);
-
     if (rc != CURLE_OK) {
         const char *kind = kind_of(rc, c);
         dp_wipe(c->body, c->body_len);
         if (strcmp(kind, "too_large") == 0)
-            return fail(L, kind, "response body is larger than 1 MiB");
-        return fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
+            return dp_fail(L, kind, "response body is larger than 1 MiB");
+        return dp_fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
     }
     lua_pushinteger(L, status);
     lua_pushlstring(L, c->body ? c->body : "", c->body_len);
@@ -550,6 +552,22 @@ static int l_request(lua_State *L)
     else
         lua_pushnil(L);
     return 4;
+}
+
+/* client:request(method, path [, token [, json_body]])
+ *   -> status, body, content_type|nil, retry_after|nil
+ *   -> nil, kind, message  (nothing was received, or the body was cut) */
+static int l_request(lua_State *L)
+{
+    dp_client *c = dp_check_client(L, 1);
+    int failed = dp_client_prepare(L, c, 2);
+    CURLcode rc;
+
+    if (failed)
+        return failed;
+    rc = curl_easy_perform(c->curl);
+    dp_client_release(c);
+    return dp_client_push_result(L, c, rc);
 }
 
 void dp_client_open(lua_State *L)

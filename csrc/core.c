@@ -50,6 +50,7 @@ DP_EXPORT int luaopen_dataportability_core(lua_State *L)
     lua_newtable(L);
     dp_setfuncs(L, funcs);
     dp_client_open(L);
+    dp_multi_open(L);
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
     lua_setfield(L, -2, "curl_version");
     lua_pushinteger(L, DP_TOKEN_MAX);

@@ -2,10 +2,40 @@
 #ifndef DP_H
 #define DP_H
 
+#include <curl/curl.h>
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "token.h"
+
 #define DP_CLIENT_MT "dataportability.client"
+#define DP_MULTI_MT "dataportability.multi"
+#define AUTH_PREFIX "Authorization: Bearer "
+
+typedef struct dp_multi dp_multi;
+
+typedef struct dp_client {
+    CURL *curl;                 /* NULL once closed */
+    struct curl_slist *headers; /* per-client fixed headers */
+    char *base;                 /* scheme://host:port */
+    char *url;                  /* base + path of the current request */
+    size_t url_cap;
+    char *body;                 /* response body of the current request */
+    size_t body_len, body_cap;
+    int too_large;
+    char content_type[128];
+    char retry_after[64];
+    char errbuf[CURL_ERROR_SIZE];
+    /* Per-request header nodes, linked in front of `headers`: they live
+     * here, not on a C stack, because an asynchronous request outlives the
+     * call that started it. */
+    struct curl_slist type_node, auth_node;
+    char auth[sizeof AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each request */
+    size_t auth_len;
+    dp_multi *multi;            /* set while an asynchronous request runs */
+    int ref;                    /* keeps the userdata alive meanwhile */
+    struct dp_client *next;     /* in multi's list of running clients */
+} dp_client;
 
 /* luaL_setfuncs without upvalues, for Lua 5.1 and LuaJIT alike. */
 static inline void dp_setfuncs(lua_State *L, const luaL_Reg *l)
@@ -16,7 +46,25 @@ static inline void dp_setfuncs(lua_State *L, const luaL_Reg *l)
     }
 }
 
-/* Registers the client metatable and puts `new` in the table on top. */
+/* Registers the client metatable and puts `new` and `check_options` in the
+ * table on top. */
 void dp_client_open(lua_State *L);
+/* Registers the multi metatable and puts `new_multi` in the table on top. */
+void dp_multi_open(lua_State *L);
+
+dp_client *dp_check_client(lua_State *L, int idx);
+/* Pushes nil, kind, message; returns 3. */
+int dp_fail(lua_State *L, const char *kind, const char *message);
+/* Checks the request arguments at arg..arg+3 (method, path, token, body)
+ * and prepares c's handle. Returns 0 when ready, else pushes nil, kind,
+ * message and returns 3. Bad arguments raise. */
+int dp_client_prepare(lua_State *L, dp_client *c, int arg);
+/* After a request: detaches its header nodes and wipes the token. */
+void dp_client_release(dp_client *c);
+/* Pushes the outcome of the request that ended with rc: status, body,
+ * content_type, retry_after; or nil, kind, message. Returns the count. */
+int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc);
+/* Takes c's running request out of its multi, dropping the result. */
+void dp_multi_cancel(lua_State *L, dp_client *c);
 
 #endif

@@ -1,10 +1,12 @@
 -- dataportability: Google's Data Portability API for Lua.
 local client = require("dataportability.client")
 local errors = require("dataportability.errors")
+local async = require("dataportability.async")
 
 local _M = {
     _VERSION = client.VERSION,
     is_error = errors.is_error,
+    driver = async.driver,
 }
 
 --- dp.new(opts) -> client

@@ -2,9 +2,10 @@
 -- one request path they all share.
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
+local async = require("dataportability.async")
 local json = require("cjson.safe")
 
-local type, pairs, tostring, error, setmetatable = type, pairs, tostring, error, setmetatable
+local type, pairs, tostring, error, setmetatable, rawget = type, pairs, tostring, error, setmetatable, rawget
 local format, find, getenv = string.format, string.find, os.getenv
 
 local _M = { VERSION = "0.1.0" }
@@ -16,6 +17,7 @@ local USER_AGENT = "dataportability-lua/" .. _M.VERSION
 local OPTIONS = {
     endpoint = "string", timeout = "number", connect_timeout = "number",
     ca_file = "string", user_agent = "string", quota_project = "string", proxy = "string",
+    driver = "table",
 }
 
 -- The API's methods. A new method is one entry here and a small wrapper.
@@ -42,6 +44,9 @@ local function check_options(opts, fname)
             error(format("%s: option '%s' must be a %s, got %s", fname, k, want, type(v)), 4)
         end
     end
+    if opts.driver and not async.is_driver(opts.driver) then
+        error(fname .. ": option 'driver' must come from dp.driver()", 4)
+    end
     return opts
 end
 
@@ -59,9 +64,13 @@ end
 
 -- In nginx, requests go through cosockets so that they never block the
 -- worker; everywhere else through libcurl in the C core.
-local function new_transport(o)
+local function in_nginx()
     local ngx = rawget(_G, "ngx")
-    if type(ngx) == "table" and ngx.socket and ngx.get_phase then
+    return type(ngx) == "table" and ngx.socket ~= nil and ngx.get_phase ~= nil
+end
+
+local function new_transport(o)
+    if in_nginx() then
         return require("dataportability.transport.ngx").new(o)
     end
     return core.new(o)
@@ -81,7 +90,7 @@ local function create(opts, fname)
     if not ok then
         error(fname .. ": " .. tostring(transport), 3)
     end
-    return setmetatable({ transport = transport }, Client)
+    return setmetatable({ transport = transport, driver = opts.driver, cosockets = in_nginx() }, Client)
 end
 
 local function check_token_type(token, fname)
@@ -90,10 +99,9 @@ local function check_token_type(token, fname)
     end
 end
 
--- The one request path: returns the decoded JSON body of a 2xx, or nil, err.
-local function call(self, m, token, body)
-    local status, resp, content_type, retry_after =
-        self.transport:request(m.http, m.path, token, body and json.encode(body))
+-- What a transport's answer means: the decoded JSON body of a 2xx, or
+-- nil, err.
+local function outcome(m, token, status, resp, content_type, retry_after)
     if not status then
         return nil, errors.new(m.id, resp, content_type)
     end
@@ -112,6 +120,28 @@ local function call(self, m, token, body)
     return doc
 end
 
+-- The one request path, blocking.
+local function call(self, m, token, body)
+    return outcome(m, token, self.transport:request(m.http, m.path, token, body and json.encode(body)))
+end
+
+-- The same, through the event loop: done(doc) or done(nil, err), later.
+local function call_async(self, m, token, body, done)
+    if self.cosockets then
+        error("asynchronous calls are for event loops outside nginx; in OpenResty the plain"
+            .. " calls do not block", 3)
+    end
+    self.driver = self.driver or async.default_driver()
+    self.driver:start(self.transport, m.http, m.path, token, body and json.encode(body),
+        function(...) done(outcome(m, token, ...)) end)
+end
+
+local function check_callback(callback, fname)
+    if type(callback) ~= "function" then
+        error(format("bad argument #2 to '%s' (function expected, got %s)", fname, type(callback)), 3)
+    end
+end
+
 --- client:reset(token) -> true | nil, err
 function Client:reset(token)
     check_token_type(token, "reset")
@@ -122,9 +152,22 @@ function Client:reset(token)
     return true
 end
 
+--- client:reset_async(token, callback): callback(true) or callback(nil, err),
+--- on the event loop, never before reset_async returns.
+function Client:reset_async(token, callback)
+    check_token_type(token, "reset_async")
+    check_callback(callback, "reset_async")
+    call_async(self, METHODS.reset, token, nil, function(ok, err)
+        if ok then callback(true) else callback(nil, err) end
+    end)
+end
+
 --- client:close(): idempotent; later calls return a `closed` error.
 function Client:close()
     self.transport:close()
+    if self.driver then
+        self.driver:cancelled(self.transport)
+    end
 end
 
 Client.__close = Client.close

@@ -1,0 +1,328 @@
+#define _POSIX_C_SOURCE 200809L /* close */
+/* Asynchronous requests: libcurl's multi interface, driven by the host's
+ * event loop. libcurl names the sockets to watch and the one timer to arm;
+ * they are recorded here, never handed to Lua from inside a libcurl
+ * callback, and read by the Lua driver after each call (m:changes()).
+ * Sockets libcurl closes are kept open until the driver has stopped
+ * watching them (m:flush()), so that a descriptor number cannot be reused
+ * under a watcher that still refers to it. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dp.h"
+
+typedef struct {
+    curl_socket_t fd;
+    int what; /* CURL_POLL_IN, _OUT, _INOUT or _REMOVE */
+} dp_watch;
+
+struct dp_multi {
+    CURLM *handle;       /* NULL once closed */
+    dp_client *running;  /* clients with a request in flight */
+    long timeout_ms;     /* the timer libcurl asked for; -1: none */
+    int timeout_changed;
+    int closing;         /* close sockets at once */
+    dp_watch *watch;     /* socket changes since the last m:changes() */
+    size_t nwatch, watch_cap;
+    curl_socket_t *to_close;
+    size_t nclose, close_cap;
+    int failed;          /* a change could not be recorded: out of memory */
+};
+
+static dp_multi *check_multi(lua_State *L)
+{
+    return luaL_checkudata(L, 1, DP_MULTI_MT);
+}
+
+static int grow(void **items, size_t *cap, size_t need, size_t size)
+{
+    size_t n = *cap ? *cap * 2 : 8;
+    void *p;
+
+    if (need <= *cap)
+        return 1;
+    p = realloc(*items, n * size);
+    if (p == NULL)
+        return 0;
+    *items = p;
+    *cap = n;
+    return 1;
+}
+
+/* ---- libcurl callbacks: they only record ---- */
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    dp_multi *m = userp;
+    size_t i;
+
+    (void)easy;
+    (void)socketp;
+    for (i = 0; i < m->nwatch; i++)
+        if (m->watch[i].fd == fd) {
+            m->watch[i].what = what;
+            return 0;
+        }
+    if (!grow((void **)&m->watch, &m->watch_cap, m->nwatch + 1, sizeof *m->watch)) {
+        m->failed = 1;
+        return -1;
+    }
+    m->watch[m->nwatch].fd = fd;
+    m->watch[m->nwatch].what = what;
+    m->nwatch++;
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    dp_multi *m = userp;
+
+    (void)multi;
+    m->timeout_ms = timeout_ms;
+    m->timeout_changed = 1;
+    return 0;
+}
+
+static int on_close_socket(void *clientp, curl_socket_t fd)
+{
+    dp_multi *m = clientp;
+
+    if (m->closing || !grow((void **)&m->to_close, &m->close_cap, m->nclose + 1, sizeof *m->to_close))
+        return close(fd);
+    m->to_close[m->nclose++] = fd;
+    return 0;
+}
+
+/* ---- running clients ---- */
+
+static void unlink_client(dp_multi *m, dp_client *c)
+{
+    dp_client **p;
+
+    for (p = &m->running; *p != NULL; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    c->next = NULL;
+    c->multi = NULL;
+}
+
+/* Takes c out of m: the request ends, its result is dropped. */
+static void detach(lua_State *L, dp_multi *m, dp_client *c)
+{
+    (void)curl_multi_remove_handle(m->handle, c->curl); /* cannot fail for a member */
+    unlink_client(m, c);
+    dp_client_release(c);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
+    c->ref = LUA_NOREF;
+}
+
+void dp_multi_cancel(lua_State *L, dp_client *c)
+{
+    detach(L, c->multi, c);
+}
+
+/* ---- methods ---- */
+
+static void flush_closes(dp_multi *m)
+{
+    size_t i;
+
+    for (i = 0; i < m->nclose; i++)
+        (void)close(m->to_close[i]); /* nothing to do if it fails */
+    m->nclose = 0;
+}
+
+static int l_close(lua_State *L)
+{
+    dp_multi *m = check_multi(L);
+
+    if (m->handle == NULL)
+        return 0;
+    m->closing = 1;
+    while (m->running != NULL)
+        detach(L, m, m->running);
+    (void)curl_multi_cleanup(m->handle); /* closes cached connections */
+    m->handle = NULL;
+    flush_closes(m);
+    free(m->watch);
+    free(m->to_close);
+    m->watch = NULL;
+    m->to_close = NULL;
+    m->nwatch = m->watch_cap = m->close_cap = 0;
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    dp_multi *m = check_multi(L);
+    lua_pushfstring(L, DP_MULTI_MT ": %p%s", (void *)m, m->handle ? "" : " (closed)");
+    return 1;
+}
+
+static dp_multi *check_open(lua_State *L)
+{
+    dp_multi *m = check_multi(L);
+    if (m->handle == NULL)
+        luaL_error(L, "attempt to use a closed " DP_MULTI_MT);
+    return m;
+}
+
+/* m:add(client, method, path [, token [, body]]) -> true | nil, kind, message */
+static int l_add(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    dp_client *c = dp_check_client(L, 2);
+    int failed = dp_client_prepare(L, c, 3);
+    CURLcode rc;
+    CURLMcode mrc;
+
+    if (failed)
+        return failed;
+    rc = curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
+    if (rc != CURLE_OK) {
+        dp_client_release(c);
+        return dp_fail(L, "network", curl_easy_strerror(rc));
+    }
+    mrc = curl_multi_add_handle(m->handle, c->curl);
+    if (mrc != CURLM_OK) {
+        dp_client_release(c);
+        return dp_fail(L, "network", curl_multi_strerror(mrc));
+    }
+    lua_pushvalue(L, 2);
+    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->multi = m;
+    c->next = m->running;
+    m->running = c;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* m:action(fd, readable, writable): fd < 0 means the timer fired. */
+static int l_action(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    lua_Integer fd = luaL_checkinteger(L, 2);
+    int events = (lua_toboolean(L, 3) ? CURL_CSELECT_IN : 0) |
+                 (lua_toboolean(L, 4) ? CURL_CSELECT_OUT : 0);
+    int running;
+    CURLMcode mrc;
+
+    if (fd < 0)
+        mrc = curl_multi_socket_action(m->handle, CURL_SOCKET_TIMEOUT, 0, &running);
+    else
+        mrc = curl_multi_socket_action(m->handle, (curl_socket_t)fd, events, &running);
+    if (mrc != CURLM_OK || m->failed)
+        return luaL_error(L, "curl_multi_socket_action: %s",
+                          m->failed ? "out of memory" : curl_multi_strerror(mrc));
+    lua_pushinteger(L, running);
+    return 1;
+}
+
+/* m:changes() -> {fd, mask, fd, mask, ...}, timeout_ms|nil
+ * mask: 0 stop watching, 1 readable, 2 writable, 3 both. timeout_ms: the
+ * timer to arm (-1: disarm), nil when unchanged. */
+static int l_changes(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    size_t i;
+
+    lua_createtable(L, (int)(m->nwatch * 2), 0);
+    for (i = 0; i < m->nwatch; i++) {
+        int what = m->watch[i].what;
+        lua_pushinteger(L, (lua_Integer)m->watch[i].fd);
+        lua_rawseti(L, -2, (int)(2 * i + 1));
+        lua_pushinteger(L, what == CURL_POLL_REMOVE ? 0 : what); /* IN 1, OUT 2, INOUT 3 */
+        lua_rawseti(L, -2, (int)(2 * i + 2));
+    }
+    m->nwatch = 0;
+    if (m->timeout_changed)
+        lua_pushinteger(L, m->timeout_ms);
+    else
+        lua_pushnil(L);
+    m->timeout_changed = 0;
+    return 2;
+}
+
+/* m:flush(): closes the sockets libcurl is done with, once unwatched. */
+static int l_flush(lua_State *L)
+{
+    flush_closes(check_open(L));
+    return 0;
+}
+
+/* m:done() -> client, status, body, content_type, retry_after
+ *          -> client, nil, kind, message
+ *          -> nothing, when no request has ended */
+static int l_done(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(m->handle, &left)) != NULL) {
+        dp_client *c = NULL;
+        CURLcode rc = msg->data.result;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c) != CURLE_OK || c == NULL)
+            return luaL_error(L, "a finished transfer has no client");
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+        detach(L, m, c);
+        return 1 + dp_client_push_result(L, c, rc);
+    }
+    return 0;
+}
+
+/* core.new_multi() -> multi */
+static int l_new_multi(lua_State *L)
+{
+    dp_multi *m = lua_newuserdata(L, sizeof *m);
+
+    memset(m, 0, sizeof *m); /* closed until the handle exists */
+    m->timeout_ms = -1;
+    luaL_getmetatable(L, DP_MULTI_MT);
+    lua_setmetatable(L, -2);
+    m->handle = curl_multi_init();
+    if (m->handle == NULL)
+        return luaL_error(L, "curl_multi_init failed");
+    if (curl_multi_setopt(m->handle, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+        curl_multi_setopt(m->handle, CURLMOPT_SOCKETDATA, (void *)m) != CURLM_OK ||
+        curl_multi_setopt(m->handle, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+        curl_multi_setopt(m->handle, CURLMOPT_TIMERDATA, (void *)m) != CURLM_OK)
+        return luaL_error(L, "curl_multi_setopt failed");
+    return 1;
+}
+
+void dp_multi_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"add", l_add},
+        {"action", l_action},
+        {"changes", l_changes},
+        {"flush", l_flush},
+        {"done", l_done},
+        {"close", l_close},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", l_close},
+        {"__close", l_close},
+        {"__tostring", l_tostring},
+        {NULL, NULL}
+    };
+
+    luaL_newmetatable(L, DP_MULTI_MT);
+    dp_setfuncs(L, meta);
+    lua_newtable(L);
+    dp_setfuncs(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_new_multi);
+    lua_setfield(L, -2, "new_multi");
+}

@@ -1,0 +1,202 @@
+-- Asynchronous calls for hosts with an event loop (Neovim, luv, cqueues,
+-- copas, ...). libcurl's multi interface names the sockets to watch and
+-- the one timer to arm; the host's loop does the watching through two
+-- hooks and calls back. Nothing here blocks.
+local core = require("dataportability.core")
+
+local type, error, pairs, ipairs, select = type, error, pairs, ipairs, select
+local setmetatable, getmetatable, pcall, require, rawget = setmetatable, getmetatable, pcall, require, rawget
+local unpack = table.unpack or unpack -- luacheck: ignore 143
+
+local _M = {}
+
+local Driver = { __name = "dataportability.driver" }
+Driver.__index = Driver
+
+--- dp.driver(hooks) -> driver
+--   hooks.watch(fd, readable, writable): watch fd for these events, replacing
+--     earlier ones for that fd; both false: stop watching it.
+--   hooks.timer(ms): call driver:timeout() once, ms milliseconds from now,
+--     replacing any earlier timer; ms < 0: disarm.
+--   hooks.defer(fn), optional: run fn on the host's loop, where the host
+--     allows user code (Neovim: vim.schedule). Without it, callbacks run
+--     inside driver:ready() and driver:timeout().
+--   hooks.close(), optional: driver:close() calls it last, to free what the
+--     hooks hold (a timer).
+-- The host calls driver:ready(fd, readable, writable) when a watched socket
+-- is ready, and driver:timeout() when the timer fires.
+function _M.driver(hooks)
+    if type(hooks) ~= "table" or type(hooks.watch) ~= "function" or type(hooks.timer) ~= "function"
+        or (hooks.defer ~= nil and type(hooks.defer) ~= "function")
+        or (hooks.close ~= nil and type(hooks.close) ~= "function") then
+        error("bad argument #1 to 'driver' (table with watch and timer functions expected)", 2)
+    end
+    return setmetatable({
+        multi = core.new_multi(),
+        hooks = hooks,
+        callbacks = {},     -- transport -> callback of its running request
+        watched = {},       -- fd -> true
+        queue = {},         -- results to deliver: { callback, n, ... }
+        curl_timeout = -1,  -- the timer libcurl wants
+        early = false,      -- the timer is armed at 0 to deliver the queue
+    }, Driver)
+end
+
+function _M.is_driver(x)
+    return getmetatable(x) == Driver
+end
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+-- Applies what libcurl asked for: socket watches, then closes, then the
+-- timer; collects finished requests into the queue.
+local function sync(self)
+    local changes, timeout = self.multi:changes()
+    for i = 1, #changes, 2 do
+        local fd, mask = changes[i], changes[i + 1]
+        self.watched[fd] = mask ~= 0 or nil
+        self.hooks.watch(fd, mask % 2 == 1, mask >= 2)
+    end
+    self.multi:flush() -- only now: no watcher refers to a closed socket
+    while true do
+        local r = pack(self.multi:done())
+        if r.n == 0 then break end
+        local callback = self.callbacks[r[1]]
+        self.callbacks[r[1]] = nil
+        self.queue[#self.queue + 1] = { callback, r.n - 1, unpack(r, 2, r.n) }
+    end
+    if timeout then
+        self.curl_timeout = timeout
+    end
+    if #self.queue > 0 then
+        self.early = true
+        self.hooks.timer(0)
+    elseif timeout or self.early then
+        self.early = false
+        self.hooks.timer(self.curl_timeout)
+    end
+end
+
+local function deliver(self)
+    local queue = self.queue
+    self.queue = {}
+    for _, item in ipairs(queue) do
+        local callback = item[1]
+        local function run() callback(unpack(item, 3, item[2] + 2)) end
+        if self.hooks.defer then self.hooks.defer(run) else run() end
+    end
+end
+
+--- Starts a request on a client transport (the C core's client);
+--- callback(status, body, content_type, retry_after) or (nil, kind, message),
+--- always later, never before start returns.
+function Driver:start(transport, method, path, token, body, callback)
+    local ok, kind, message = self.multi:add(transport, method, path, token, body)
+    if ok then
+        self.callbacks[transport] = callback
+    else
+        self.queue[#self.queue + 1] = { callback, 3, nil, kind, message }
+    end
+    sync(self)
+end
+
+--- The client was closed while its request ran: the callback gets `closed`.
+function Driver:cancelled(transport)
+    local callback = self.callbacks[transport]
+    if callback then
+        self.callbacks[transport] = nil
+        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "client is closed" }
+        sync(self)
+    end
+end
+
+--- The host: fd is ready.
+function Driver:ready(fd, readable, writable)
+    self.multi:action(fd, readable, writable)
+    sync(self)
+    deliver(self)
+end
+
+--- The host: the timer fired.
+function Driver:timeout()
+    self.multi:action(-1)
+    sync(self)
+    deliver(self)
+end
+
+--- Stops watching everything; running requests end with `closed`.
+function Driver:close()
+    for _, callback in pairs(self.callbacks) do
+        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "the event loop driver is closed" }
+    end
+    self.callbacks = {}
+    for fd in pairs(self.watched) do
+        self.hooks.watch(fd, false, false)
+    end
+    self.watched = {}
+    self.hooks.timer(-1)
+    self.multi:close()
+    deliver(self)
+    if self.hooks.close then
+        self.hooks.close()
+    end
+end
+
+--- A driver on a luv loop (Neovim's vim.loop, or require("luv")).
+function _M.luv_driver(uv, defer)
+    local polls, timer, driver = {}, uv.new_timer(), nil
+    driver = _M.driver({
+        watch = function(fd, readable, writable)
+            local poll = polls[fd]
+            if not (readable or writable) then
+                if poll then
+                    poll:stop()
+                    poll:close()
+                    polls[fd] = nil
+                end
+                return
+            end
+            if not poll then
+                poll = uv.new_socket_poll(fd)
+                polls[fd] = poll
+            end
+            poll:start((readable and "r" or "") .. (writable and "w" or ""), function(err, events)
+                -- on an error, let libcurl find it by trying both ways
+                events = err and "rw" or events or ""
+                driver:ready(fd, events:find("r", 1, true) ~= nil, events:find("w", 1, true) ~= nil)
+            end)
+        end,
+        timer = function(ms)
+            timer:stop()
+            if ms >= 0 then
+                timer:start(ms, 0, function() driver:timeout() end)
+            end
+        end,
+        defer = defer,
+        close = function() timer:close() end,
+    })
+    return driver
+end
+
+local default
+
+--- The driver used when a client has none: Neovim's loop (callbacks through
+--- vim.schedule, where the Neovim API may be called), else luv's.
+function _M.default_driver()
+    if default then return default end
+    local vim = rawget(_G, "vim")
+    if type(vim) == "table" and (vim.uv or vim.loop) then
+        default = _M.luv_driver(vim.uv or vim.loop, vim.schedule)
+    else
+        local ok, uv = pcall(require, "luv")
+        if not ok then
+            error("no event loop: pass dp.new{driver = dp.driver(hooks)} (see README, Event loops)", 3)
+        end
+        default = _M.luv_driver(uv)
+    end
+    return default
+end
+
+return _M

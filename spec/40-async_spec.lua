@@ -1,0 +1,141 @@
+-- Asynchronous calls on a real event loop (luv, as in Neovim), against the
+-- emulator over HTTPS.
+local dp = require("dataportability")
+local helpers = require("spec.helpers")
+local uv = require("luv")
+
+describe("asynchronous calls on a luv loop", function()
+    local emu
+
+    lazy_setup(function() emu = helpers.start() end)
+    lazy_teardown(function() helpers.stop(emu) end)
+    before_each(function() emu:clear_faults(); emu:clear_requests() end)
+
+    local driver
+    before_each(function() driver = require("dataportability.async").luv_driver(uv) end)
+    after_each(function()
+        driver:close()
+        uv.run("nowait") -- lets libuv finish closing the handles
+    end)
+
+    local function client()
+        return dp.new(helpers.https(emu, { driver = driver }))
+    end
+
+    -- Runs the loop until `n` callbacks were recorded (bounded: 10 s).
+    local function run_until(results, n)
+        local guard = uv.new_timer()
+        guard:start(10000, 0, function() uv.stop() end)
+        local check = uv.new_timer()
+        check:start(1, 1, function() if #results >= n then uv.stop() end end)
+        uv.run()
+        guard:close()
+        check:close()
+        uv.run("nowait")
+        assert.equals(n, #results)
+    end
+
+    it("resets, then gets the same 401 error table as the blocking call", function()
+        local token = helpers.registered(emu)
+        local c, results = client(), {}
+        c:reset_async(token, function(ok, err) results[#results + 1] = { ok = ok, err = err } end)
+        assert.equals(0, #results) -- never called before reset_async returns
+        run_until(results, 1)
+        assert.is_true(results[1].ok)
+        assert.is_nil(results[1].err)
+
+        c:reset_async(token, function(ok, err) results[#results + 1] = { ok = ok, err = err } end)
+        run_until(results, 2)
+        local err = results[2].err
+        assert.is_nil(results[2].ok)
+        assert.is_true(dp.is_error(err))
+        local _, blocking = dp.reset(token, helpers.https(emu))
+        for _, field in ipairs({ "kind", "message", "method", "retryable", "http_status", "code",
+                                 "status", "reason", "domain" }) do
+            assert.equals(blocking[field], err[field], field)
+        end
+        assert.is_false(helpers.contains(err, token))
+        c:close()
+    end)
+
+    it("keeps the connection alive across asynchronous calls", function()
+        local c, results = client(), {}
+        for _ = 1, 2 do
+            c:reset_async(helpers.registered(emu), function(ok) results[#results + 1] = ok end)
+            run_until(results, #results + 1)
+        end
+        assert.same({ true, true }, results)
+        local log = emu:requests()
+        assert.equals(2, #log)
+        assert.equals(log[1].connection, log[2].connection)
+        c:close()
+    end)
+
+    it("does not block the loop: a timer keeps firing and calls overlap", function()
+        emu:set_fault({ action = "delay", seconds = 1, count = 3 })
+        local results, ticks, clients = {}, 0, {}
+        local ticker = uv.new_timer()
+        ticker:start(10, 10, function() ticks = ticks + 1 end)
+        local started = uv.hrtime()
+        for i = 1, 3 do
+            clients[i] = client()
+            clients[i]:reset_async(helpers.registered(emu), function(ok) results[#results + 1] = ok end)
+        end
+        local returned_ms = (uv.hrtime() - started) / 1e6
+        run_until(results, 3)
+        ticker:close()
+        uv.run("nowait")
+        assert.same({ true, true, true }, results)
+        assert.is_true(returned_ms < 500, "the calls returned after " .. returned_ms .. " ms")
+        assert.is_true(ticks >= 40, "the timer fired only " .. ticks .. " times in a 1 s delay")
+        local log = emu:requests()
+        assert.equals(3, #log)
+        -- all three reached the server before the first answer came back
+        assert.is_true(log[3].time - log[1].time < 1, "the requests were serialised")
+        for _, c in ipairs(clients) do c:close() end
+    end)
+
+    it("delivers invalid_token later, without I/O", function()
+        local c, results = client(), {}
+        c:reset_async("not a token", function(ok, err) results[#results + 1] = { ok = ok, err = err } end)
+        assert.equals(0, #results)
+        run_until(results, 1)
+        assert.equals("invalid_token", results[1].err.kind)
+        assert.equals(0, #emu:requests())
+        c:close()
+    end)
+
+    it("gives `closed` to a running call whose client is closed", function()
+        emu:set_fault({ action = "delay", seconds = 2 })
+        local c, results = client(), {}
+        c:reset_async(helpers.registered(emu), function(ok, err)
+            results[#results + 1] = { ok = ok, err = err }
+        end)
+        local stopper = uv.new_timer()
+        stopper:start(100, 0, function() c:close() end)
+        run_until(results, 1)
+        stopper:close()
+        uv.run("nowait")
+        assert.equals("closed", results[1].err.kind)
+        local ok, err = c:reset(helpers.registered(emu))
+        assert.is_nil(ok)
+        assert.equals("closed", err.kind)
+    end)
+
+    it("raises on a busy client and on a missing callback", function()
+        emu:set_fault({ action = "delay", seconds = 0.2 })
+        local c, results = client(), {}
+        c:reset_async(helpers.registered(emu), function(ok) results[#results + 1] = ok end)
+        assert.has_error(function() c:reset(helpers.registered(emu)) end)
+        assert.has_error(function() c:reset_async(helpers.registered(emu)) end,
+            "bad argument #2 to 'reset_async' (function expected, got nil)")
+        run_until(results, 1)
+        assert.same({ true }, results)
+        c:close()
+    end)
+
+    it("checks the driver option", function()
+        assert.has_error(function() dp.new({ driver = {} }) end)
+        assert.has_error(function() dp.driver({ watch = print }) end)
+    end)
+end)
