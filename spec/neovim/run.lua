@@ -37,7 +37,9 @@ local function run()
 
     -- The same token again: revoked, and the same error table as blocking.
     local again
-    client:reset_async(os.getenv("DP_TOKEN_SLOW"), function(ok, err) again = { ok = ok, err = plain(err) } end)
+    client:reset_async(os.getenv("DP_TOKEN_SLOW"), function(ok, err)
+        again = { ok = ok, err = plain(err) }
+    end)
     vim.wait(10000, function() return again ~= nil end, 5)
     out.again = again
     local _, blocking = client:reset(os.getenv("DP_TOKEN_SLOW"))
