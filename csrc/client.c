@@ -1,6 +1,8 @@
 #define _POSIX_C_SOURCE 200809L /* inet_pton, strcasecmp */
 /* The client object: one libcurl easy handle, reused across calls so that
- * connections are kept alive. Every request goes through l_request. */
+ * connections are kept alive. Every request, blocking (l_request) or not
+ * (multi.c), is set up by dp_client_prepare and read by
+ * dp_client_push_result. */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +14,6 @@
 #include "token.h"
 
 #define BODY_MAX (1024 * 1024) /* larger responses are cut: too_large */
-
 
 /* ---- endpoint ---- */
 
@@ -29,7 +30,7 @@ static int is_loopback(const char *host)
 }
 
 typedef struct {
-    char *base;        /* scheme://host[:port], malloc'd */
+    char *base;        /* scheme://host:port, malloc'd */
     size_t host_start; /* the host inside base, brackets kept for IPv6 */
     size_t host_len;
     long port;         /* explicit, or the scheme's default */
@@ -44,7 +45,6 @@ static const char *parse_endpoint(const char *endpoint, dp_endpoint *ep)
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
     const char *problem = NULL;
-    size_t scheme_len;
 
     memset(ep, 0, sizeof *ep);
     if (u == NULL)
@@ -70,8 +70,7 @@ static const char *parse_endpoint(const char *endpoint, dp_endpoint *ep)
         problem = "must be only scheme://host[:port], without credentials, path or query";
         goto done;
     }
-    scheme_len = strlen(scheme);
-    ep->host_start = scheme_len + 3;
+    ep->host_start = strlen(scheme) + 3; /* after "://" */
     ep->host_len = strlen(host);
     ep->port = strtol(port, NULL, 10);
     ep->base = malloc(ep->host_start + ep->host_len + strlen(port) + 2);
