@@ -1,0 +1,288 @@
+-- The client's requests on nginx cosockets: inside an nginx request a call
+-- yields to the event loop instead of blocking the worker. It behaves like
+-- the C core's client:request (csrc/client.c): the same option checks,
+-- token rules, request headers, verified TLS, 1 MiB limit and error kinds.
+-- Sockets live only for one call and go back to nginx's connection pool, so
+-- a client may be shared by requests and light threads.
+local core = require("dataportability.core")
+
+local ngx = rawget(_G, "ngx")
+local type, tostring, tonumber, error, setmetatable = type, tostring, tonumber, error, setmetatable
+local find, lower, match, sub, format, floor = string.find, string.lower, string.match,
+    string.sub, string.format, math.floor
+local concat, min = table.concat, math.min
+
+local BODY_MAX = 1048576
+local HEADER_LINES_MAX = 200 -- a response with more is not an API answer
+local TOO_LARGE = "response body is larger than 1 MiB"
+
+-- Where ngx_lua allows cosockets (NGX_HTTP_LUA_CONTEXT_YIELDABLE).
+local COSOCKET_PHASES = {
+    rewrite = true, server_rewrite = true, access = true, content = true, timer = true,
+    ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+}
+local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true }
+local DEFAULT_PORT = { http = 80, https = 443 }
+
+local T = { __name = "dataportability.client" }
+T.__index = T
+
+local _M = {}
+
+--- T.new(o): o as for core.new. Bad options raise.
+function _M.new(o)
+    if type(ngx) ~= "table" or not ngx.socket then
+        error("dataportability.transport.ngx needs ngx_lua", 2)
+    end
+    local opts = core.check_options(o)
+    -- cosockets take their trust and route from nginx.conf, not per call
+    if o.ca_file ~= nil then
+        error("option 'ca_file' cannot be applied in OpenResty: trust the CA with "
+            .. "lua_ssl_trusted_certificate (and lua_ssl_verify_depth) in nginx.conf", 0)
+    end
+    if o.proxy ~= nil then
+        error("option 'proxy' is not supported in OpenResty: cosockets connect directly", 0)
+    end
+    local self = {}
+    self.id = match(tostring(self), "0x%x+") or tostring(self) -- before __tostring hides it
+    local host = opts.host
+    self.https = opts.scheme == "https"
+    -- cosockets resolve names only through `resolver`; libcurl knows localhost itself
+    self.addr = lower(host) == "localhost" and "127.0.0.1" or host
+    self.server_name = match(host, "^%[(.*)%]$") or host
+    self.port = opts.port
+    self.host_header = opts.port == DEFAULT_PORT[opts.scheme] and host or host .. ":" .. opts.port
+    self.pool = "dataportability:" .. opts.base
+    self.timeout_ms, self.connect_timeout_ms = opts.timeout_ms, opts.connect_timeout_ms
+    self.user_agent, self.quota_project = o.user_agent, o.quota_project
+    return setmetatable(self, T)
+end
+
+function T:close()
+    self.closed = true -- idle connections stay in the worker's pool until their timeout
+end
+
+function T:__tostring()
+    return "dataportability.client: " .. self.id .. (self.closed and " (closed)" or "")
+end
+
+-- Sets the socket's timeouts to what is left of the call; false when none is.
+local function arm(self, sock, deadline)
+    ngx.update_time()
+    local left = floor((deadline - ngx.now()) * 1000)
+    if left <= 0 then return false end
+    sock:settimeouts(min(self.connect_timeout_ms, left), left, left)
+    return true
+end
+
+local function connect_kind(err)
+    if err == "timeout" then return "timeout" end
+    if find(err, "no resolver defined", 1, true) or find(err, "could not be resolved", 1, true) then
+        return "dns"
+    end
+    return "connect"
+end
+
+-- A connected (and for https verified) socket, or nil, kind, message. `fresh`
+-- skips idle pooled connections: the resend after a dead one wants a new one.
+local function open(self, deadline, fresh)
+    local sock = ngx.socket.tcp()
+    repeat -- ends: every turn takes one idle connection out of the pool
+        if not arm(self, sock, deadline) then return nil, "timeout", "connect timed out" end
+        local ok, err = sock:connect(self.addr, self.port, { pool = self.pool })
+        if not ok then
+            return nil, connect_kind(err), format("cannot connect to %s: %s", self.host_header, err)
+        end
+        local reused = sock:getreusedtimes() > 0
+        if reused and fresh then sock:close() end
+    until not (reused and fresh)
+    if self.https and sock:getreusedtimes() == 0 then
+        -- Never pass `false` as the session: lua-resty-core 0.1.25 then
+        -- returns true for a handshake that completes at once even when
+        -- verification failed. With a session argument that case raises
+        -- "assertion failed!" instead (lua-resty-core #499): a tls error.
+        local ran, session, err = pcall(sock.sslhandshake, sock, self.session, self.server_name, true)
+        if not ran then session, err = nil, "certificate verification failed" end
+        if not session then
+            sock:close()
+            return nil, err == "timeout" and "timeout" or "tls",
+                format("TLS handshake with %s failed: %s", self.host_header, tostring(err))
+        end
+        self.session = session -- resumes TLS on the next new connection
+    end
+    return sock
+end
+
+-- A header's value as the C core keeps it: leading spaces skipped, then
+-- printable bytes only, at most cap - 1 of them, trailing spaces dropped.
+local function header_value(v, cap)
+    v = match(sub(match(v, "^ *([\32-\126]*)"), 1, cap - 1), "^(.-) *$")
+    return v ~= "" and v or nil
+end
+
+-- One receive within what is left of the call.
+local function recv(self, sock, deadline, pattern)
+    if not arm(self, sock, deadline) then return nil, "timeout" end
+    return sock:receive(pattern)
+end
+
+local function read_error(err)
+    if err == "timeout" then return "timeout", "timed out waiting for the response" end
+    return "network", "reading the response failed: " .. tostring(err)
+end
+
+-- The body by Content-Length, chunked, or until the server closes; never
+-- more than BODY_MAX bytes are read into memory.
+local function read_body(self, sock, deadline, length, chunked)
+    local parts, total = {}, 0
+    if chunked then
+        while true do
+            local line, err = recv(self, sock, deadline, "*l")
+            local size = line and tonumber(match(line, "^%s*(%x+)"), 16)
+            if not size then return nil, read_error(err or "malformed chunk size") end
+            if size == 0 then break end
+            if total + size > BODY_MAX then return nil, "too_large", TOO_LARGE end
+            local data
+            data, err = recv(self, sock, deadline, size)
+            if not data then return nil, read_error(err) end
+            total, parts[#parts + 1] = total + size, data
+            line, err = recv(self, sock, deadline, "*l")
+            if line ~= "" then return nil, read_error(err or "malformed chunk end") end
+        end
+        repeat -- trailers, up to the empty line
+            local line, err = recv(self, sock, deadline, "*l")
+            if not line then return nil, read_error(err) end
+        until line == ""
+        return concat(parts)
+    elseif length then
+        if length > BODY_MAX then return nil, "too_large", TOO_LARGE end
+        if length == 0 then return "" end
+        local data, err = recv(self, sock, deadline, length)
+        if not data then return nil, read_error(err) end
+        return data
+    end
+    while true do
+        if not arm(self, sock, deadline) then return nil, read_error("timeout") end
+        local data, err = sock:receiveany(BODY_MAX - total + 1)
+        if not data then
+            if err ~= "closed" then return nil, read_error(err) end
+            return concat(parts)
+        end
+        total, parts[#parts + 1] = total + #data, data
+        if total > BODY_MAX then return nil, "too_large", TOO_LARGE end
+    end
+end
+
+-- Status line and headers, skipping interim 1xx answers. Returns status,
+-- HTTP minor version, lowercased headers; or nil, kind, message and whether
+-- not one byte came back.
+local function read_head(self, sock, deadline)
+    local status, minor, headers
+    repeat
+        local line, err, partial = recv(self, sock, deadline, "*l")
+        if not line then
+            local kind, message = read_error(err)
+            return nil, kind, message, status == nil and (partial or "") == ""
+        end
+        minor, status = match(line, "^HTTP/1%.([01]) (%d%d%d)")
+        if not status then return nil, "network", "malformed response status line" end
+        status, headers = tonumber(status), {}
+        for _ = 1, HEADER_LINES_MAX + 1 do
+            line, err = recv(self, sock, deadline, "*l")
+            if not line then return nil, read_error(err) end
+            if line == "" then break end
+            local name, value = match(line, "^([^:]+):(.*)$")
+            if name then headers[lower(name)] = value end
+        end
+        if line ~= "" then return nil, "network", "too many response header lines" end
+    until status >= 200 or status == 101
+    return status, minor, headers
+end
+
+-- One exchange on one connection. A dead reused connection (it took the
+-- request but nothing came back) returns nil, "resend": libcurl then sends
+-- once more on a new connection, and so do we.
+local function exchange(self, req, deadline, fresh)
+    local sock, kind, message = open(self, deadline, fresh)
+    if not sock then return nil, kind, message end
+    local reused = sock:getreusedtimes() > 0
+    local function fail(k, m)
+        sock:close()
+        return nil, k, m
+    end
+    if not arm(self, sock, deadline) then return fail(read_error("timeout")) end
+    local ok, err = sock:send(req)
+    if not ok then
+        if reused and err ~= "timeout" then return fail("resend") end
+        return fail(read_error(err))
+    end
+    local status, minor, h, nothing = read_head(self, sock, deadline)
+    if not status then -- minor, h: the kind and message
+        if reused and nothing and minor ~= "timeout" then return fail("resend") end
+        return fail(minor, h)
+    end
+    local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
+    local length = h["content-length"] and tonumber(match(h["content-length"], "^%s*(%d+)%s*$"))
+    if h["content-length"] and not length and not chunked then
+        return fail("network", "malformed Content-Length")
+    end
+    local body, delimited = "", true
+    if status ~= 204 and status ~= 304 then
+        delimited = chunked or length ~= nil
+        body, kind, message = read_body(self, sock, deadline, not chunked and length, chunked)
+        if not body then return fail(kind, message) end
+    end
+    -- the connection is reusable only when the body's end was not its close
+    if minor == "1" and delimited and not find(lower(h["connection"] or ""), "close", 1, true) then
+        if not sock:setkeepalive() then sock:close() end
+    else
+        sock:close()
+    end
+    return status, body, h["content-type"] and header_value(h["content-type"], 128),
+        h["retry-after"] and header_value(h["retry-after"], 64)
+end
+
+--- t:request(method, path [, token [, body]])
+---   -> status, body, content_type|nil, retry_after|nil | nil, kind, message
+function T:request(method, path, token, body)
+    if not METHODS[method] then
+        error("bad argument #2 to 'request' (method must be GET, POST, PUT, PATCH or DELETE)", 2)
+    end
+    if type(path) ~= "string" or not find(path, "^/[\33-\126]*$") or find(path, "#", 1, true) then
+        error("bad argument #3 to 'request' (path must start with / and be printable ASCII)", 2)
+    end
+    if body ~= nil and (type(body) ~= "string" or method == "GET") then
+        error("bad argument #5 to 'request' (a GET has no body)", 2)
+    end
+    if self.closed then return nil, "closed", "client is closed" end
+    if token ~= nil then
+        local ok, reason = core.check_token(token)
+        if not ok then return nil, "invalid_token", reason end
+    end
+    local phase = ngx.get_phase()
+    if not COSOCKET_PHASES[phase] then
+        -- a programming error; blocking the worker instead is never an option
+        error(format("dataportability: cosockets are not available in the '%s' phase of nginx; "
+            .. "call from rewrite_by_lua*, access_by_lua*, content_by_lua* or a timer "
+            .. "(ngx.timer.at(0, fn))", tostring(phase)), 0)
+    end
+    local lines = { method .. " " .. path .. " HTTP/1.1", "Host: " .. self.host_header }
+    if self.user_agent then lines[#lines + 1] = "User-Agent: " .. self.user_agent end
+    if token then lines[#lines + 1] = "Authorization: Bearer " .. token end
+    lines[#lines + 1] = "Accept: application/json"
+    if self.quota_project then lines[#lines + 1] = "x-goog-user-project: " .. self.quota_project end
+    if body then lines[#lines + 1] = "Content-Type: application/json" end
+    if method ~= "GET" then lines[#lines + 1] = "Content-Length: " .. #(body or "") end
+    lines[#lines + 1] = "\r\n"
+    local req = concat(lines, "\r\n") .. (body or "")
+
+    ngx.update_time()
+    local deadline = ngx.now() + self.timeout_ms / 1000
+    local status, resp, content_type, retry_after = exchange(self, req, deadline, false)
+    if status == nil and resp == "resend" then
+        status, resp, content_type, retry_after = exchange(self, req, deadline, true)
+    end
+    return status, resp, content_type, retry_after
+end
+
+return _M
