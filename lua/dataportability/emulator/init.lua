@@ -295,12 +295,7 @@ local function stop_pid(pid, dir)
     exec("kill -TERM " .. pid .. " 2>/dev/null")
     for i = 1, 120 do
         if not alive(pid) then
-            -- give init a moment to reap the zombie, so no trace is left in ps
-            for _ = 1, 60 do
-                if not (HAS_PROC and read_file("/proc/" .. pid .. "/stat")) then break end
-                sleep(0.05)
-            end
-            return true
+            return true -- exited; init reaps it (a daemon is not our child)
         end
         if i == 100 then exec("kill -KILL " .. pid .. " 2>/dev/null") end  -- after ~5 s
         sleep(0.05)
