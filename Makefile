@@ -52,11 +52,10 @@ demo: deps all
 	@scripts/demo
 
 install: all
-	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/emulator
+	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability
 	install -m 0755 build/lua$(LUA_VERSION)/dataportability/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability/
-	install -m 0644 lua/dataportability.lua $(DESTDIR)$(LUA_MODULE_DIR)/
-	install -m 0644 lua/dataportability/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/
-	install -m 0644 lua/dataportability/emulator/*.lua $(DESTDIR)$(LUA_MODULE_DIR)/dataportability/emulator/
+	cd lua && find . -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(LUA_MODULE_DIR)/{} \;
+	install -D -m 0755 bin/dataportability-emulator $(DESTDIR)$(PREFIX)/bin/dataportability-emulator
 
 clean:
 	rm -rf build

@@ -31,6 +31,7 @@ build = {
       ["dataportability.transport.ngx"] = "lua/dataportability/transport/ngx.lua",
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
       ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",
+      ["dataportability.emulator.nginx"] = "lua/dataportability/emulator/nginx.lua",
       ["dataportability.core"] = {
          sources = { "csrc/core.c", "csrc/client.c", "csrc/multi.c", "csrc/token.c" },
          libraries = { "curl", "pthread" },

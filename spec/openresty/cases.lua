@@ -128,18 +128,9 @@ function _M.in_phase()
     return r
 end
 
---- init_worker_by_lua: the same at start-up, plus a watchdog that stops
---- this nginx once the spec's process is gone.
-function _M.init_worker(endpoint, owner_pid)
+--- init_worker_by_lua: the same at start-up.
+function _M.init_worker(endpoint)
     ngx.shared.dp_test:set("init_worker", cjson.encode(attempt({ endpoint = endpoint }, "ya29.init")))
-    assert(ngx.timer.every(0.5, function(premature)
-        local f = not premature and io.open("/proc/" .. owner_pid .. "/stat")
-        if f then f:close() end
-        if premature or f then return end
-        local prefix = ngx.config.prefix()
-        if prefix:find("/dataportability%-openresty%.%w+/$") then os.execute("rm -rf '" .. prefix .. "'") end
-        os.execute("kill -TERM " .. ngx.worker.pid())
-    end))
 end
 
 --- /phase/result?phase=<name>: what in_phase or init_worker recorded.

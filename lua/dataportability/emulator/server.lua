@@ -553,31 +553,4 @@ function _M.handle()
     return send_html_404()
 end
 
----------------------------------------------------------------------------
--- Owner watchdog: with an owner pid, the server removes its prefix (if asked)
--- and stops once that process is gone, so a crashed test run leaves nothing.
-
-local function process_alive(ffi, pid)
-    local f = io.open("/proc/" .. pid .. "/stat", "r")
-    if f then
-        local stat = f:read("*l") or ""
-        f:close()
-        return stat:match(".*%)%s+(%a)") ~= "Z"  -- a zombie is gone for our purposes
-    end
-    return ffi.C.kill(pid, 0) == 0 or ffi.errno() == 1  -- EPERM: exists, not ours
-end
-
-function _M.init_worker(owner_pid, cleanup_dir)
-    if not owner_pid then return end
-    local ffi = require("ffi")
-    pcall(ffi.cdef, "int kill(int pid, int sig);")
-    local function check(premature)
-        if premature or process_alive(ffi, owner_pid) then return end
-        ngx.log(ngx.WARN, "owner process ", owner_pid, " is gone, stopping")
-        if cleanup_dir then os.execute("rm -rf '" .. cleanup_dir:gsub("'", "'\\''") .. "'") end
-        ffi.C.kill(ngx.worker.pid(), 15)  -- SIGTERM to ourselves: a normal nginx shutdown
-    end
-    assert(ngx.timer.every(0.5, check))
-end
-
 return _M
