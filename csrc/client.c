@@ -583,12 +583,7 @@ void dp_client_open(lua_State *L)
         {NULL, NULL}
     };
 
-    luaL_newmetatable(L, DP_CLIENT_MT);
-    dp_setfuncs(L, meta);
-    lua_newtable(L);
-    dp_setfuncs(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    dp_new_type(L, DP_CLIENT_MT, meta, methods);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
     lua_pushcfunction(L, l_check_options);

@@ -21,6 +21,16 @@ static void init_curl(void)
     curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+void dp_new_type(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods)
+{
+    luaL_newmetatable(L, name);
+    dp_setfuncs(L, meta);
+    lua_newtable(L);
+    dp_setfuncs(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
 /* core.check_token(s) -> true | nil, reason */
 static int l_check_token(lua_State *L)
 {

@@ -46,6 +46,9 @@ static inline void dp_setfuncs(lua_State *L, const luaL_Reg *l)
     }
 }
 
+/* Registers the metatable `name`: `meta` metamethods, and `methods` as its
+ * __index. */
+void dp_new_type(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
 /* Registers the client metatable and puts `new` and `check_options` in the
  * table on top. */
 void dp_client_open(lua_State *L);

@@ -317,12 +317,7 @@ void dp_multi_open(lua_State *L)
         {NULL, NULL}
     };
 
-    luaL_newmetatable(L, DP_MULTI_MT);
-    dp_setfuncs(L, meta);
-    lua_newtable(L);
-    dp_setfuncs(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    dp_new_type(L, DP_MULTI_MT, meta, methods);
     lua_pushcfunction(L, l_new_multi);
     lua_setfield(L, -2, "new_multi");
 }
