@@ -102,7 +102,7 @@ end
 -- What a transport's answer means: the decoded JSON body of a 2xx, or
 -- nil, err.
 local function outcome(m, token, status, resp, content_type, retry_after)
-    if not status then
+    if not status then -- nothing usable came back: then come the kind and the message
         return nil, errors.new(m.id, resp, content_type)
     end
     resp = errors.redact(resp, token)
