@@ -28,6 +28,7 @@ build = {
       ["dataportability.client"] = "lua/dataportability/client.lua",
       ["dataportability.errors"] = "lua/dataportability/errors.lua",
       ["dataportability.async"] = "lua/dataportability/async.lua",
+      ["dataportability.scopes"] = "lua/dataportability/scopes.lua",
       ["dataportability.transport.ngx"] = "lua/dataportability/transport/ngx.lua",
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
       ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",

@@ -2,11 +2,16 @@
 local client = require("dataportability.client")
 local errors = require("dataportability.errors")
 local async = require("dataportability.async")
+local scopes = require("dataportability.scopes")
 
 local _M = {
     _VERSION = client.VERSION,
     is_error = errors.is_error,
     driver = async.driver,
+    scopes = scopes.scopes,
+    scope_for = scopes.scope_for,
+    resource_for = scopes.resource_for,
+    add_resource = scopes.add,
 }
 
 --- dp.new(opts) -> client

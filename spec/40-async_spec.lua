@@ -128,7 +128,7 @@ describe("asynchronous calls on a luv loop", function()
         c:reset_async(helpers.registered(emu), function(ok) results[#results + 1] = ok end)
         assert.has_error(function() c:reset(helpers.registered(emu)) end)
         assert.has_error(function() c:reset_async(helpers.registered(emu)) end,
-            "bad argument #2 to 'reset_async' (function expected, got nil)")
+            "bad argument #2 to 'reset_async' (the last argument must be the callback function, got nil)")
         run_until(results, 1)
         assert.same({ true }, results)
         c:close()

@@ -102,6 +102,13 @@ function Driver:start(transport, method, path, token, body, callback)
     sync(self)
 end
 
+--- Calls callback(...) later, as a request's end would: for calls refused
+--- before any I/O.
+function Driver:settle(callback, ...)
+    self.queue[#self.queue + 1] = { callback, select("#", ...), ... }
+    sync(self)
+end
+
 --- The client was closed while its request ran: the callback gets `closed`.
 function Driver:cancelled(transport)
     local callback = self.callbacks[transport]

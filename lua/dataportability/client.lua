@@ -3,10 +3,15 @@
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local async = require("dataportability.async")
+local scopes = require("dataportability.scopes")
 local json = require("cjson.safe")
 
-local type, pairs, tostring, error, setmetatable, rawget = type, pairs, tostring, error, setmetatable, rawget
-local format, find, getenv = string.format, string.find, os.getenv
+local type, pairs, ipairs, tostring, error, setmetatable, rawget = type, pairs, ipairs, tostring, error,
+    setmetatable, rawget
+local select, next, floor = select, next, math.floor
+local format, find, gsub, byte = string.format, string.find, string.gsub, string.byte
+local getenv, date = os.getenv, os.date
+local unpack = table.unpack or unpack -- luacheck: ignore 143
 
 local _M = { VERSION = "0.1.0" }
 
@@ -18,11 +23,6 @@ local OPTIONS = {
     endpoint = "string", timeout = "number", connect_timeout = "number",
     ca_file = "string", user_agent = "string", quota_project = "string", proxy = "string",
     driver = "table",
-}
-
--- The API's methods. A new method is one entry here and a small wrapper.
-local METHODS = {
-    reset = { id = "authorization.reset", http = "POST", path = "/v1/authorization:reset" },
 }
 
 local Client = { __name = "dataportability.client" }
@@ -121,45 +121,206 @@ local function outcome(m, token, status, resp, content_type, retry_after)
 end
 
 -- The one request path, blocking.
-local function call(self, m, token, body)
-    return outcome(m, token, self.transport:request(m.http, m.path, token, body and json.encode(body)))
+local function call(self, m, path, token, body)
+    return outcome(m, token, self.transport:request(m.http, path, token, body and json.encode(body)))
 end
 
 -- The same, through the event loop: done(doc) or done(nil, err), later.
-local function call_async(self, m, token, body, done)
+local function call_async(self, m, path, token, body, done)
     if self.cosockets then
         error("asynchronous calls are for event loops outside nginx; in OpenResty the plain"
             .. " calls do not block", 3)
     end
     self.driver = self.driver or async.default_driver()
-    self.driver:start(self.transport, m.http, m.path, token, body and json.encode(body),
+    if not path then -- refused before any I/O: body is the error
+        return self.driver:settle(done, nil, body)
+    end
+    self.driver:start(self.transport, m.http, path, token, body and json.encode(body),
         function(...) done(outcome(m, token, ...)) end)
 end
 
-local function check_callback(callback, fname)
-    if type(callback) ~= "function" then
-        error(format("bad argument #2 to '%s' (function expected, got %s)", fname, type(callback)), 3)
+---------------------------------------------------------------------------
+-- The API's methods: each is an entry here (its id, HTTP form, argument
+-- types, how its arguments become a path and a body, how its answer
+-- becomes the result), made into client:name() and client:name_async()
+-- below.
+
+-- "archiveJobs/abc" or "abc" -> "abc" percent-encoded, or nil, message.
+local function job_segment(job_id)
+    local id = gsub(job_id, "^archiveJobs/", "")
+    if id == "" or find(id, "/", 1, true) then
+        return nil, "job id must be 'ID' or 'archiveJobs/ID', got '" .. job_id .. "'"
+    end
+    return (gsub(id, "[^%w%-._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+local function job_path(template)
+    return function(job_id)
+        local id, why = job_segment(job_id)
+        if not id then return nil, why end
+        return format(template, id)
     end
 end
 
---- client:reset(token) -> true | nil, err
-function Client:reset(token)
-    check_token_type(token, "reset")
-    local ok, err = call(self, METHODS.reset, token)
-    if not ok then
-        return nil, err
+-- RFC 3339 on the wire: a string is checked, a number is epoch seconds.
+local function timestamp(v, name)
+    if type(v) == "number" then
+        if v ~= v or v < 0 or v >= 253402300800 then
+            return nil, name .. " is out of range"
+        end
+        local whole = floor(v)
+        local frac = v - whole
+        return date("!%Y-%m-%dT%H:%M:%S", whole) .. (frac > 0 and format("%.3f", frac):sub(2) or "") .. "Z"
     end
-    return true
+    if not find(v, "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.?%d*Z$")
+        and not find(v, "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.?%d*[+-]%d%d:%d%d$") then
+        return nil, name .. " must be an RFC 3339 time such as 2024-10-02T15:01:23Z, got '" .. v .. "'"
+    end
+    return v
 end
 
---- client:reset_async(token, callback): callback(true) or callback(nil, err),
---- on the event loop, never before reset_async returns.
-function Client:reset_async(token, callback)
-    check_token_type(token, "reset_async")
-    check_callback(callback, "reset_async")
-    call_async(self, METHODS.reset, token, nil, function(ok, err)
-        if ok then callback(true) else callback(nil, err) end
-    end)
+local RANGE = { start_time = "startTime", end_time = "endTime" }
+
+local function initiate_body(resources, range)
+    if next(resources) == nil then
+        return nil, "resources must list at least one resource group"
+    end
+    local body = { resources = setmetatable({}, json.array_mt) }
+    for i, r in ipairs(resources) do
+        if type(r) ~= "string" then
+            return nil, format("resources[%d] must be a string, got %s", i, type(r))
+        end
+        if not scopes.scope_for(r) then
+            return nil, format("unknown resource group '%s' (dp.add_resource teaches new ones)", r)
+        end
+        body.resources[i] = r
+    end
+    for k, v in pairs(range or {}) do
+        local wire = RANGE[k]
+        if not wire or (type(v) ~= "string" and type(v) ~= "number") then
+            return nil, format("bad time range field '%s' (start_time and end_time: string or number)",
+                tostring(k))
+        end
+        local t, why = timestamp(v, k)
+        if not t then return nil, why end
+        body[wire] = t
+    end
+    return "/v1/portabilityArchive:initiate", body
+end
+
+local function field(doc, name)
+    local v = doc[name]
+    return type(v) == "string" and v or nil
+end
+
+local function strings(list)
+    local out = {}
+    for _, v in ipairs(type(list) == "table" and list or {}) do
+        if type(v) == "string" then out[#out + 1] = v end
+    end
+    return out
+end
+
+local function new_job(doc)
+    local id = field(doc, "archiveJobId")
+    if not id then return nil, "the answer has no archiveJobId" end
+    return { archive_job_id = (gsub(id, "^archiveJobs/", "")), access_type = field(doc, "accessType") }
+end
+
+local API = {
+    reset = {
+        id = "authorization.reset", http = "POST", args = {},
+        build = function() return "/v1/authorization:reset" end,
+        result = function() return true end,
+    },
+    initiate = {
+        id = "portabilityArchive.initiate", http = "POST", args = { "table", "table?" },
+        build = initiate_body,
+        result = new_job,
+    },
+    state = {
+        id = "archiveJobs.getPortabilityArchiveState", http = "GET", args = { "string" },
+        build = job_path("/v1/archiveJobs/%s/portabilityArchiveState"),
+        result = function(doc)
+            local state = field(doc, "state")
+            if not state then return nil, "the answer has no state" end
+            return { state = state, urls = strings(doc.urls), name = field(doc, "name"),
+                     export_time = field(doc, "exportTime"), start_time = field(doc, "startTime") }
+        end,
+    },
+    retry = {
+        id = "archiveJobs.retry", http = "POST", args = { "string" },
+        build = job_path("/v1/archiveJobs/%s:retry"),
+        result = new_job,
+    },
+    cancel = {
+        id = "archiveJobs.cancel", http = "POST", args = { "string" },
+        build = job_path("/v1/archiveJobs/%s:cancel"),
+        result = function() return true end,
+    },
+    check_access_type = {
+        id = "accessType.check", http = "POST", args = {},
+        build = function() return "/v1/accessType:check" end,
+        result = function(doc)
+            return { time_based_resources = strings(doc.timeBasedResources),
+                     one_time_resources = strings(doc.oneTimeResources) }
+        end,
+    },
+}
+
+-- Wrong argument types raise, naming the argument (the token is #1).
+local function check_args(m, fname, ...)
+    for i, want in ipairs(m.args) do
+        local v = select(i, ...)
+        local optional = find(want, "?", 1, true) ~= nil
+        want = gsub(want, "%?", "")
+        if type(v) ~= want and not (optional and v == nil) then
+            error(format("bad argument #%d to '%s' (%s expected, got %s)", i + 1, fname, want, type(v)), 3)
+        end
+    end
+end
+
+-- path, body; or nil, err for a value refused before any I/O.
+local function build(m, ...)
+    local path, body = m.build(...)
+    if not path then
+        return nil, errors.new(m.id, "invalid_argument", body)
+    end
+    return path, body
+end
+
+-- The method's result from a decoded answer, or nil, err.
+local function result(m, doc, err)
+    if not doc then return nil, err end
+    local r, why = m.result(doc)
+    if r == nil then
+        return nil, errors.new(m.id, "http", "unexpected answer: " .. why)
+    end
+    return r
+end
+
+for name, m in pairs(API) do
+    Client[name] = function(self, token, ...)
+        check_token_type(token, name)
+        check_args(m, name, ...)
+        local path, body = build(m, ...)
+        if not path then return nil, body end
+        return result(m, call(self, m, path, token, body))
+    end
+
+    local async_name = name .. "_async"
+    Client[async_name] = function(self, token, ...)
+        local n = select("#", ...)
+        local args, callback = { ... }, select(n > 0 and n or 1, ...)
+        check_token_type(token, async_name)
+        if type(callback) ~= "function" then
+            error(format("bad argument #%d to '%s' (the last argument must be the callback function,"
+                .. " got %s)", n > 0 and n + 1 or 2, async_name, type(callback)), 2)
+        end
+        check_args(m, async_name, unpack(args, 1, n - 1))
+        local path, body = build(m, unpack(args, 1, n - 1))
+        call_async(self, m, path, token, body, function(doc, err) callback(result(m, doc, err)) end)
+    end
 end
 
 --- client:close(): idempotent; later calls return a `closed` error.
