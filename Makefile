@@ -26,7 +26,7 @@ LUA_VERSION   ?= 5.4
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_MODULE_DIR  ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
-SOURCES = csrc/core.c csrc/client.c csrc/multi.c csrc/token.c
+SOURCES = csrc/core.c csrc/client.c csrc/crypto.c csrc/download.c csrc/multi.c csrc/token.c
 HEADERS = csrc/dp.h csrc/token.h
 
 all: build/lua5.4/dataportability/core.so
@@ -34,7 +34,7 @@ luajit: build/luajit/dataportability/core.so
 matrix: $(foreach v,5.1 5.2 5.3 5.4,build/lua$(v)/dataportability/core.so) luajit
 
 BUILD_CORE = @mkdir -p $(@D) && echo "cc $@" && \
-	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(1) $(CURL_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) -pthread
+	$(CC) $(WARNINGS) $(CFLAGS) -fPIC -shared -I$(1) $(CURL_CFLAGS) -o $@ $(SOURCES) $(CURL_LIBS) -lcrypto -pthread
 
 build/lua%/dataportability/core.so: $(SOURCES) $(HEADERS)
 	$(call BUILD_CORE,$(LUA_INCDIR_$*))

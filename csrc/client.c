@@ -17,7 +17,7 @@
 
 /* ---- endpoint ---- */
 
-static int is_loopback(const char *host)
+int dp_is_loopback(const char *host)
 {
     struct in_addr v4;
     size_t len = strlen(host);
@@ -58,7 +58,7 @@ static const char *parse_endpoint(const char *endpoint, dp_endpoint *ep)
         goto done;
     }
     ep->https = strcmp(scheme, "https") == 0;
-    ep->loopback = is_loopback(host);
+    ep->loopback = dp_is_loopback(host);
     if (!ep->https && !(strcmp(scheme, "http") == 0 && ep->loopback)) {
         problem = "must be https:// (http:// only for a loopback host)";
         goto done;
@@ -239,6 +239,9 @@ static int l_close(lua_State *L)
     if (c->curl != NULL)
         curl_easy_cleanup(c->curl);
     c->curl = NULL;
+    if (c->download != NULL)
+        curl_easy_cleanup(c->download);
+    c->download = NULL;
     curl_slist_free_all(c->headers);
     c->headers = NULL;
     free(c->base);
@@ -246,6 +249,10 @@ static int l_close(lua_State *L)
     free(c->url);
     c->url = NULL;
     c->url_cap = 0;
+    dp_wipe(c->post, c->post_cap);
+    free(c->post);
+    c->post = NULL;
+    c->post_cap = c->post_len = 0;
     if (c->body != NULL)
         dp_wipe(c->body, c->body_cap);
     free(c->body);
@@ -384,7 +391,7 @@ int dp_fail(lua_State *L, const char *kind, const char *message)
     return 3;
 }
 
-static const char *kind_of(CURLcode rc, const dp_client *c)
+const char *dp_kind_of(CURLcode rc, const dp_client *c)
 {
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
@@ -446,17 +453,29 @@ static CURLcode set_url(dp_client *c, const char *path, size_t path_len)
     return curl_easy_setopt(c->curl, CURLOPT_URL, c->url);
 }
 
-/* The body is copied: an asynchronous request outlives the Lua string. */
+/* The body is copied into the client: an asynchronous request outlives
+ * the Lua string, and a form body may carry secrets, wiped on release. */
 static CURLcode set_method(dp_client *c, const char *method, const char *body, size_t body_len)
 {
     CURLcode rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
 
     if (rc == CURLE_OK && strcmp(method, "GET") == 0)
         return curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
+    if (body_len + 1 > c->post_cap) {
+        char *p = malloc(body_len + 1);
+        if (p == NULL)
+            return CURLE_OUT_OF_MEMORY;
+        dp_wipe(c->post, c->post_cap);
+        free(c->post);
+        c->post = p;
+        c->post_cap = body_len + 1;
+    }
+    memcpy(c->post, body ? body : "", body_len);
+    c->post_len = body_len;
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, c->post);
     if (rc == CURLE_OK && strcmp(method, "POST") != 0)
         rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
     return rc;
@@ -465,12 +484,14 @@ static CURLcode set_method(dp_client *c, const char *method, const char *body, s
 int dp_client_prepare(lua_State *L, dp_client *c, int arg)
 {
     static char json_type[] = "Content-Type: application/json";
+    static char form_type[] = "Content-Type: application/x-www-form-urlencoded";
     static char no_type[] = "Content-Type:"; /* drops libcurl's form type */
     const char *method = luaL_checkstring(L, arg);
     size_t path_len, token_len = 0, body_len = 0;
     const char *path = luaL_checklstring(L, arg + 1, &path_len);
     const char *token = luaL_optlstring(L, arg + 2, NULL, &token_len);
     const char *body = luaL_optlstring(L, arg + 3, NULL, &body_len);
+    const char *form = luaL_optstring(L, arg + 4, "json");
     struct curl_slist *headers = c->headers;
     const char *problem;
     CURLcode rc;
@@ -478,6 +499,8 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
     luaL_argcheck(L, valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
     luaL_argcheck(L, valid_path(path, path_len), arg + 1, "path must start with / and be printable ASCII");
     luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, arg + 3, "a GET has no body");
+    luaL_argcheck(L, strcmp(form, "json") == 0 || strcmp(form, "form") == 0, arg + 4,
+                  "body type must be 'json' or 'form'");
     if (c->curl == NULL)
         return dp_fail(L, "closed", "client is closed");
     if (c->multi != NULL)
@@ -486,7 +509,7 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
         return dp_fail(L, "invalid_token", problem);
 
     if (strcmp(method, "GET") != 0) {
-        c->type_node.data = body ? json_type : no_type;
+        c->type_node.data = body == NULL ? no_type : form[0] == 'f' ? form_type : json_type;
         c->type_node.next = headers;
         headers = &c->type_node;
     }
@@ -524,6 +547,8 @@ void dp_client_release(dp_client *c)
     }
     dp_wipe(c->auth, c->auth_len);
     c->auth_len = 0;
+    dp_wipe(c->post, c->post_len);
+    c->post_len = 0;
 }
 
 int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
@@ -533,7 +558,7 @@ int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
     if (rc == CURLE_OK)
         rc = curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
     if (rc != CURLE_OK) {
-        const char *kind = kind_of(rc, c);
+        const char *kind = dp_kind_of(rc, c);
         dp_wipe(c->body, c->body_len);
         if (strcmp(kind, "too_large") == 0)
             return dp_fail(L, kind, "response body is larger than 1 MiB");
@@ -553,7 +578,7 @@ int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
     return 4;
 }
 
-/* client:request(method, path [, token [, json_body]])
+/* client:request(method, path [, token [, body [, "json"|"form"]]])
  *   -> status, body, content_type|nil, retry_after|nil
  *   -> nil, kind, message  (nothing was received, or the body was cut) */
 static int l_request(lua_State *L)

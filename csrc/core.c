@@ -1,6 +1,9 @@
 /* dataportability.core: the module entry. libcurl is initialised once per
  * process, whatever number of Lua states load the module. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
+#include <errno.h>
 #include <pthread.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -47,10 +50,25 @@ static int l_check_token(lua_State *L)
     return 2;
 }
 
+/* core.sleep(seconds): blocks the thread; for polling from plain scripts. */
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    struct timespec ts;
+
+    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds in [0, 86400] expected");
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
 DP_EXPORT int luaopen_dataportability_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"check_token", l_check_token},
+        {"sleep", l_sleep},
         {NULL, NULL}
     };
 
@@ -60,6 +78,8 @@ DP_EXPORT int luaopen_dataportability_core(lua_State *L)
     lua_newtable(L);
     dp_setfuncs(L, funcs);
     dp_client_open(L);
+    dp_download_open(L);
+    dp_crypto_open(L);
     dp_multi_open(L);
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
     lua_setfield(L, -2, "curl_version");

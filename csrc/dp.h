@@ -16,10 +16,13 @@ typedef struct dp_multi dp_multi;
 
 typedef struct dp_client {
     CURL *curl;                 /* NULL once closed */
+    CURL *download;             /* archive downloads (download.c), made on first use */
     struct curl_slist *headers; /* per-client fixed headers */
     char *base;                 /* scheme://host:port */
     char *url;                  /* base + path of the current request */
     size_t url_cap;
+    char *post;                 /* request body of the current request */
+    size_t post_len, post_cap;
     char *body;                 /* response body of the current request */
     size_t body_len, body_cap;
     int too_large;
@@ -55,10 +58,21 @@ void dp_client_open(lua_State *L);
 /* Registers the multi metatable and puts `new_multi` in the table on top. */
 void dp_multi_open(lua_State *L);
 
+/* Adds client:download and core.md5_file; the client type must exist. */
+/* Adds client:download; the client type must exist. */
+void dp_download_open(lua_State *L);
+/* Puts md5_file, sha256_base64url and random_base64url in the table on top. */
+void dp_crypto_open(lua_State *L);
+
 dp_client *dp_check_client(lua_State *L, int idx);
+/* 127.0.0.0/8, [::1] or localhost. */
+int dp_is_loopback(const char *host);
+/* The error kind of a failed transfer. */
+const char *dp_kind_of(CURLcode rc, const dp_client *c);
 /* Pushes nil, kind, message; returns 3. */
 int dp_fail(lua_State *L, const char *kind, const char *message);
-/* Checks the request arguments at arg..arg+3 (method, path, token, body)
+/* Checks the request arguments at arg..arg+4 (method, path, token, body,
+ * body type)
  * and prepares c's handle. Returns 0 when ready, else pushes nil, kind,
  * message and returns 3. Bad arguments raise. */
 int dp_client_prepare(lua_State *L, dp_client *c, int arg);

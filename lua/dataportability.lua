@@ -3,6 +3,7 @@ local client = require("dataportability.client")
 local errors = require("dataportability.errors")
 local async = require("dataportability.async")
 local scopes = require("dataportability.scopes")
+local oauth = require("dataportability.oauth")
 
 local _M = {
     _VERSION = client.VERSION,
@@ -12,6 +13,9 @@ local _M = {
     scope_for = scopes.scope_for,
     resource_for = scopes.resource_for,
     add_resource = scopes.add,
+    token_source = oauth.token_source,
+    authorization_url = oauth.authorization_url,
+    exchange_code = oauth.exchange_code,
 }
 
 --- dp.new(opts) -> client

@@ -57,8 +57,17 @@ describe("error tables", function()
     it("gives kind http for an empty or malformed JSON body", function()
         assert.equals("http", errors.from_response(METHOD, 500, "", nil).kind)
         assert.equals("http", errors.from_response(METHOD, 500, '{"error": {"code": 5', nil).kind)
-        assert.equals("http", errors.from_response(METHOD, 500, '{"error": "x"}', nil).kind)
+        assert.equals("http", errors.from_response(METHOD, 500, '{"error": 5}', nil).kind)
         assert.equals("http", errors.from_response(METHOD, 500, '[1,2]', nil).kind)
+    end)
+
+    it("shapes OAuth's error body: its error code becomes status", function()
+        local err = errors.from_response("oauth.token", 400,
+            '{"error": "invalid_grant", "error_description": "Bad Request"}', "application/json")
+        assert.equals("api", err.kind)
+        assert.equals("invalid_grant", err.status)
+        assert.equals("Bad Request", err.message)
+        assert.is_false(err.retryable)
     end)
 
     it("survives hostile field types in a JSON error body", function()

@@ -57,9 +57,9 @@ describe("dp.new options", function()
     it("raises when the token is not a string", function()
         local c = dp.new({ endpoint = "http://127.0.0.1:1" })
         assert.has_error(function() c:reset(nil) end,
-            "bad argument #1 to 'reset' (token string expected, got nil)")
+            "bad argument #1 to 'reset' (token string or token source expected, got nil)")
         assert.has_error(function() dp.reset({}) end,
-            "bad argument #1 to 'reset' (token string expected, got table)")
+            "bad argument #1 to 'reset' (token string or token source expected, got table)")
         c:close()
     end)
 end)

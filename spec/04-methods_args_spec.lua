@@ -90,7 +90,7 @@ describe("method arguments", function()
         assert.has_error(function() c:state(TOKEN, 5) end,
             "bad argument #2 to 'state' (string expected, got number)")
         assert.has_error(function() c:check_access_type(nil) end,
-            "bad argument #1 to 'check_access_type' (token string expected, got nil)")
+            "bad argument #1 to 'check_access_type' (token string or token source expected, got nil)")
     end)
 
     it("has an asynchronous form of every method", function()

@@ -4,6 +4,7 @@ local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local async = require("dataportability.async")
 local scopes = require("dataportability.scopes")
+local oauth = require("dataportability.oauth")
 local json = require("cjson.safe")
 
 local type, pairs, ipairs, tostring, error, setmetatable, rawget = type, pairs, ipairs, tostring, error,
@@ -94,8 +95,9 @@ local function create(opts, fname)
 end
 
 local function check_token_type(token, fname)
-    if type(token) ~= "string" then
-        error(format("bad argument #1 to '%s' (token string expected, got %s)", fname, type(token)), 3)
+    if type(token) ~= "string" and not oauth.is_source(token) then
+        error(format("bad argument #1 to '%s' (token string or token source expected, got %s)", fname,
+            type(token)), 3)
     end
 end
 
@@ -229,7 +231,7 @@ end
 
 local API = {
     reset = {
-        id = "authorization.reset", http = "POST", args = {},
+        id = "authorization.reset", http = "POST", args = {}, revokes = true,
         build = function() return "/v1/authorization:reset" end,
         result = function() return true end,
     },
@@ -299,13 +301,32 @@ local function result(m, doc, err)
     return r
 end
 
+-- With a token source: its cached access token, refreshed once and sent
+-- again when the server answers 401.
+local function call_with(self, m, path, token, body)
+    if not oauth.is_source(token) then
+        return call(self, m, path, token, body)
+    end
+    local access, err = token:token()
+    if not access then return nil, err end
+    local doc
+    doc, err = call(self, m, path, access, body)
+    if not doc and err.http_status == 401 then
+        access, err = token:refresh()
+        if not access then return nil, err end
+        doc, err = call(self, m, path, access, body)
+    end
+    if doc and m.revokes then token:forget() end
+    return doc, err
+end
+
 for name, m in pairs(API) do
     Client[name] = function(self, token, ...)
         check_token_type(token, name)
         check_args(m, name, ...)
         local path, body = build(m, ...)
         if not path then return nil, body end
-        return result(m, call(self, m, path, token, body))
+        return result(m, call_with(self, m, path, token, body))
     end
 
     local async_name = name .. "_async"
@@ -319,8 +340,21 @@ for name, m in pairs(API) do
         end
         check_args(m, async_name, unpack(args, 1, n - 1))
         local path, body = build(m, unpack(args, 1, n - 1))
+        if oauth.is_source(token) then -- its refresh, when one is due, blocks
+            local access, err = token:token()
+            if not access then path, body = nil, err end
+            token = access
+        end
         call_async(self, m, path, token, body, function(doc, err) callback(result(m, doc, err)) end)
     end
+end
+
+--- client:export(token, resources, opts) -> result | nil, err: the whole
+--- export workflow (lua/dataportability/export.lua).
+function Client:export(token, resources, opts)
+    check_token_type(token, "export")
+    local result, err = require("dataportability.export")(self, token, resources, opts)
+    return result, err
 end
 
 --- client:close(): idempotent; later calls return a `closed` error.

@@ -1,7 +1,8 @@
 -- Error tables: every failed call returns nil and one of these.
 -- Fields: kind, message, method, retryable, and where the server answered
 -- http_status; from Google's JSON error body code, status, details, reason,
--- domain, metadata; from a non-JSON body a sanitised excerpt.
+-- domain, metadata (from OAuth's error body, status is its error code);
+-- from a non-JSON body a sanitised excerpt.
 local json = require("cjson.safe")
 
 local find, gsub, sub, format = string.find, string.gsub, string.sub, string.format
@@ -72,6 +73,11 @@ function _M.from_response(method, status, body, content_type, retry_after)
     end
     local doc = json.decode(body)
     local e = type(doc) == "table" and doc.error
+    if type(e) == "string" then -- OAuth's shape: {"error": "invalid_grant", "error_description": ...}
+        fields.status = e
+        local text = type(doc.error_description) == "string" and doc.error_description or e
+        return _M.new(method, "api", one_line(text, 2000), fields)
+    end
     if type(e) ~= "table" then
         fields.excerpt = excerpt(body)
         local what = body == "" and "an empty body"

@@ -242,9 +242,9 @@ local function exchange(self, req, deadline, fresh)
         h["retry-after"] and header_value(h["retry-after"], 64)
 end
 
---- t:request(method, path [, token [, body]])
+--- t:request(method, path [, token [, body [, "json"|"form"]]])
 ---   -> status, body, content_type|nil, retry_after|nil | nil, kind, message
-function T:request(method, path, token, body)
+function T:request(method, path, token, body, body_type)
     if not METHODS[method] then
         error("bad argument #2 to 'request' (method must be GET, POST, PUT, PATCH or DELETE)", 2)
     end
@@ -253,6 +253,9 @@ function T:request(method, path, token, body)
     end
     if body ~= nil and (type(body) ~= "string" or method == "GET") then
         error("bad argument #5 to 'request' (a GET has no body)", 2)
+    end
+    if body_type ~= nil and body_type ~= "json" and body_type ~= "form" then
+        error("bad argument #6 to 'request' (body type must be 'json' or 'form')", 2)
     end
     if self.closed then return nil, "closed", "client is closed" end
     if token ~= nil then
@@ -271,7 +274,10 @@ function T:request(method, path, token, body)
     if token then lines[#lines + 1] = "Authorization: Bearer " .. token end
     lines[#lines + 1] = "Accept: application/json"
     if self.quota_project then lines[#lines + 1] = "x-goog-user-project: " .. self.quota_project end
-    if body then lines[#lines + 1] = "Content-Type: application/json" end
+    if body then
+        lines[#lines + 1] = body_type == "form" and "Content-Type: application/x-www-form-urlencoded"
+            or "Content-Type: application/json"
+    end
     if method ~= "GET" then lines[#lines + 1] = "Content-Length: " .. #(body or "") end
     lines[#lines + 1] = "\r\n"
     local req = concat(lines, "\r\n") .. (body or "")
