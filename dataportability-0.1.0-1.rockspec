@@ -35,6 +35,14 @@ build = {
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
       ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",
       ["dataportability.emulator.nginx"] = "lua/dataportability/emulator/nginx.lua",
+      ["dataportability.emulator.admin"] = "lua/dataportability/emulator/admin.lua",
+      ["dataportability.emulator.api"] = "lua/dataportability/emulator/api.lua",
+      ["dataportability.emulator.archive"] = "lua/dataportability/emulator/archive.lua",
+      ["dataportability.emulator.crypto"] = "lua/dataportability/emulator/crypto.lua",
+      ["dataportability.emulator.oauth"] = "lua/dataportability/emulator/oauth.lua",
+      ["dataportability.emulator.respond"] = "lua/dataportability/emulator/respond.lua",
+      ["dataportability.emulator.state"] = "lua/dataportability/emulator/state.lua",
+      ["dataportability.emulator.traffic"] = "lua/dataportability/emulator/traffic.lua",
       ["dataportability.core"] = {
          sources = {
             "csrc/core.c", "csrc/client.c", "csrc/crypto.c", "csrc/download.c", "csrc/multi.c",

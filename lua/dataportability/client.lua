@@ -353,8 +353,8 @@ end
 --- export workflow (lua/dataportability/export.lua).
 function Client:export(token, resources, opts)
     check_token_type(token, "export")
-    local result, err = require("dataportability.export")(self, token, resources, opts)
-    return result, err
+    local exported, err = require("dataportability.export")(self, token, resources, opts)
+    return exported, err
 end
 
 --- client:close(): idempotent; later calls return a `closed` error.

@@ -40,13 +40,69 @@ function Admin:call(method, path, tbl)
     return cjson.decode(body)
 end
 
+-- cjson gives 5.3+ floats: 3.0 for 3; admin answers hold counts and sizes.
+local function integers(v)
+    if type(v) == "number" and math.tointeger then return math.tointeger(v) or v end
+    if type(v) == "table" then
+        for k, x in pairs(v) do v[k] = integers(x) end
+    end
+    return v
+end
+
 --- Registers (or re-enables) an access token with its granted scopes.
-function Admin:add_token(token, scopes)
-    if type(token) ~= "string" then error("arg #1 to add_token, expected string, got " .. type(token), 2) end
-    if type(scopes) == "string" then scopes = { scopes } end
-    self:call("POST", "/tokens", { token = token, scopes = scopes or {} })
+-- opts (all optional): user, client_id, access_type ("ONE_TIME" | "TIME_BASED"
+-- | {group = type}), expires_in (seconds), refresh_token (registered too,
+-- minting access tokens for the same user and scopes). Also
+-- add_token({ token = ..., scopes = ..., <opts> }); token may then be absent
+-- when refresh_token is given.
+function Admin:add_token(token, scopes, opts)
+    local t = {}
+    if type(token) == "table" then
+        for k, v in pairs(token) do t[k] = v end
+    elseif type(token) == "string" or (token == nil and type(opts) == "table" and opts.refresh_token) then
+        for k, v in pairs(opts or {}) do t[k] = v end
+        t.token, t.scopes = token, scopes
+    else
+        error("arg #1 to add_token, expected string or table, got " .. type(token), 2)
+    end
+    if type(t.scopes) == "string" then t.scopes = { t.scopes } end
+    t.scopes = t.scopes or {}
+    self:call("POST", "/tokens", t)
     return true
 end
+
+--- Merges fields into the emulator's configuration (job_seconds, outcome,
+-- files, url_seconds, time_based_seconds, md5_max_bytes, bucket; a field
+-- set to cjson.null goes back to its default); returns the effective one.
+function Admin:configure(t)
+    if type(t) ~= "table" then error("arg #1 to configure, expected table, got " .. type(t), 2) end
+    return integers(self:call("PUT", "/config", t))
+end
+
+function Admin:config() return integers(self:call("GET", "/config")) end
+
+--- Registers an OAuth client: client_id, client_secret, redirect_uris, and
+-- optional access_type, user, expires_in, consent ("grant" | "deny").
+function Admin:add_client(t)
+    if type(t) ~= "table" then error("arg #1 to add_client, expected table, got " .. type(t), 2) end
+    return integers(self:call("POST", "/clients", t))
+end
+
+local function job_path(id)
+    if type(id) ~= "string" then error("arg #1, expected a job id string, got " .. type(id), 3) end
+    return "/jobs/" .. id:gsub("[^%w._~-]", function(c) return ("%%%02X"):format(c:byte()) end)
+end
+
+--- Forces a job's state: { state = "COMPLETE" | "FAILED" | "CANCELLED" |
+-- "IN_PROGRESS", outcome = ..., seconds = ... }; returns the job.
+function Admin:set_job(id, t)
+    if type(t) ~= "table" then error("arg #2 to set_job, expected table, got " .. type(t), 2) end
+    return integers(self:call("POST", job_path(id), t))
+end
+
+--- A job as the emulator holds it (raises if unknown); jobs(): all, oldest first.
+function Admin:job(id) return integers(self:call("GET", job_path(id))) end
+function Admin:jobs() return integers(self:call("GET", "/jobs").jobs) end
 
 --- Adds a fault rule (see the README of the admin API for its fields).
 function Admin:set_fault(fault)
@@ -88,8 +144,8 @@ end
 ---------------------------------------------------------------------------
 -- Launcher
 
--- A CA and a certificate for localhost, 127.0.0.1 and ::1 signed by it; the
--- CA's key is deleted once it has signed.
+-- A CA and a certificate for localhost, 127.0.0.1, ::1 and the storage host
+-- 127.0.0.2 signed by it; the CA's key is deleted once it has signed.
 local function make_certs(dir)
     local cnf, c = dir .. "/conf/openssl.cnf", dir .. "/conf/"
     write_file(cnf, [[
@@ -104,7 +160,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
+subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1, IP:127.0.0.2
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 ]])
@@ -129,8 +185,9 @@ authorityKeyIdentifier = keyid
     return true
 end
 
--- The emulator's http block: plain HTTP on the first port, HTTPS with
--- HTTP/2 on the second.
+-- The emulator's http block: the API (and OAuth, and admin) on 127.0.0.1,
+-- plain HTTP on the first port, HTTPS with HTTP/2 on the second; the archive
+-- downloads on 127.0.0.2, HTTPS on the second port.
 local function http_block(server)
     local d = server.dir
     return ([[
@@ -145,9 +202,11 @@ local function http_block(server)
     keepalive_requests 100000;
     merge_slashes off;
     server_tokens off;
-    lua_shared_dict dp_tokens 4m;
-    lua_shared_dict dp_state 1m;
+    lua_shared_dict dp_tokens 16m;
+    lua_shared_dict dp_state 4m;
+    lua_shared_dict dp_jobs 16m;
     lua_shared_dict dp_log 64m;
+    init_by_lua_block { require("dataportability.emulator.server").init({ https_port = %d }) }
     ssl_certificate %q;
     ssl_certificate_key %q;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -156,8 +215,13 @@ local function http_block(server)
         listen 127.0.0.1:%d ssl http2;
         server_name localhost;
         location / { content_by_lua_block { require("dataportability.emulator.server").handle() } }
-    }]]):format(d .. "/logs/access.log", d .. "/conf/server.pem", d .. "/conf/server.key",
-        server.ports[1], server.ports[2])
+    }
+    server {
+        listen 127.0.0.2:%d ssl http2;
+        server_name 127.0.0.2;
+        location / { content_by_lua_block { require("dataportability.emulator.server").handle_storage() } }
+    }]]):format(d .. "/logs/access.log", server.ports[2], d .. "/conf/server.pem", d .. "/conf/server.key",
+        server.ports[1], server.ports[2], server.ports[2])
 end
 
 -- An emulator is its nginx server with the admin methods.

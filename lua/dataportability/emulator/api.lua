@@ -1,0 +1,284 @@
+--- The v1 methods of the Data Portability API emulator (inside nginx).
+-- Shapes and status codes follow Google's (api.md sections 2, 5, 6); where
+-- Google's behaviour is not known, docs/emulator.md names the choice made.
+-- luacheck: globals ngx
+
+local cjson = require("cjson.safe")
+local R = require("dataportability.emulator.respond")
+local S = require("dataportability.emulator.state")
+local archive = require("dataportability.emulator.archive")
+
+local floor, huge = math.floor, math.huge
+local str_find, str_lower = string.find, string.lower
+
+local _M = {}
+
+local SERVICE = R.SERVICE
+local array = R.array
+
+local parse_time, format_time = R.parse_time, R.format_time
+
+local function now_timestamp()
+    local t = ngx.now()
+    local s = floor(t)
+    return format_time(s, floor((t - s) * 1000) * 1000000)  -- ngx.now() has milliseconds
+end
+
+---------------------------------------------------------------------------
+-- Requests
+
+local function bearer_token()
+    local h = ngx.var.http_authorization
+    local scheme, token = (h or ""):match("^%s*(%S+)%s+(%S+)%s*$")
+    if scheme and str_lower(scheme) == "bearer" then return token end
+end
+
+--- The caller's token record and token, or nil once an error is sent.
+-- Every method takes any one dataportability.* scope.
+local function authorize(method)
+    local token = bearer_token()
+    if not token then return R.send_auth_error("missing", method) end
+    local rec, status = S.access(token)
+    if not rec or status == "revoked" then return R.send_auth_error("invalid", method) end
+    if status == "expired" then return R.send_auth_error("expired", method) end
+    if #S.groups(rec.scopes) == 0 then return R.send_auth_error("scope", method) end
+    return rec, token
+end
+
+--- A proto-JSON request body of a message whose JSON names are the keys of
+-- `fields` (proto names accepted too, as Google does). "" and "{}" are the
+-- empty message; the first unknown field in document order is named.
+-- Returns the fields by JSON name (nulls dropped), or nil, message.
+local function parse_message(body, fields)
+    if not str_find(body, "%S") then return {} end
+    local v = cjson.decode(body)
+    if v == nil then return nil, "Invalid JSON payload received. Unexpected token." end
+    if type(v) ~= "table" or str_find(body, "^%s*%[") then
+        return nil, 'Invalid JSON payload received. Unknown name "": Root element must be a message.'
+    end
+    local unknown, at = nil, huge
+    for k in pairs(v) do
+        if not fields[k] then
+            -- a key written with escapes is not found: it is named last
+            local pos = str_find(body, cjson.encode(k), 1, true) or #body + 1
+            if not unknown or pos < at then unknown, at = k, pos end
+        end
+    end
+    if unknown then
+        return nil, 'Invalid JSON payload received. Unknown name "' .. unknown .. '": Cannot find field.'
+    end
+    local out = {}
+    for k, val in pairs(v) do
+        if val ~= cjson.null then out[fields[k]] = val end
+    end
+    return out
+end
+
+local EMPTY = {}
+local INITIATE_FIELDS = {
+    resources = "resources", startTime = "startTime", start_time = "startTime",
+    endTime = "endTime", end_time = "endTime",
+}
+
+local function bad(message, field)
+    return R.send_json(400, R.bad_request(message, field))
+end
+
+--- 400/403 with an ErrorInfo whose reason is the emulator's own (domain:
+-- the service), for the cases whose details Google does not document.
+local function refuse(code, status, reason, method, message, resources)
+    return R.send_json(code, R.rpc_error(code, message, { R.error_info(reason, method,
+        resources and { resources = table.concat(resources, ",") }, SERVICE) }, status))
+end
+
+local function same_pair(job, rec)
+    return job and job.user == rec.user and (job.project or "") == (rec.project or "")
+end
+
+-- A job the caller may see, or nil once 404 is sent: another pair's job is
+-- as unknown as a missing one.
+local function own_job(id, rec)
+    local job = S.job(id)
+    if not same_pair(job, rec) then return R.send_json(404, R.rpc_error(404)) end
+    return job
+end
+
+---------------------------------------------------------------------------
+-- Methods
+
+local function initiate(body)
+    local method = R.rpc_method("InitiatePortabilityArchive")
+    local rec = authorize(method)
+    if not rec then return end
+    local req, err = parse_message(body, INITIATE_FIELDS)
+    if not req then return bad(err) end
+    local res = req.resources
+    if type(res) == "table" and next(res) == nil then res = nil end
+    if res == nil then return bad("At least one resource is required.", "resources") end
+    if type(res) ~= "table" or #res == 0 then
+        return bad("Invalid value at 'resources' (TYPE_STRING), " .. cjson.encode(res), "resources")
+    end
+    local resources, seen = {}, {}
+    for i, r in ipairs(res) do
+        if type(r) ~= "string" then
+            return bad(("Invalid value at 'resources[%d]' (TYPE_STRING), %s"):format(i - 1,
+                tostring(cjson.encode(r))), "resources")
+        end
+        if not seen[r] then resources[#resources + 1], seen[r] = r, true end
+    end
+    local times = {}
+    for _, f in ipairs({ { "startTime", "start_time" }, { "endTime", "end_time" } }) do
+        local v = req[f[1]]
+        if v ~= nil then
+            local t, nanos = parse_time(v)
+            if not t then
+                return bad(("Invalid value at '%s' (type.googleapis.com/google.protobuf.Timestamp), "
+                    .. "Field '%s', Illegal timestamp format; timestamps must end with 'Z' or have a "
+                    .. "valid timezone offset."):format(f[2], f[1]), f[1])
+            end
+            times[f[1]] = { t, nanos, format_time(t, nanos) }
+        end
+    end
+    local st, et = times.startTime, times.endTime
+    if st and et and (st[1] > et[1] or (st[1] == et[1] and st[2] > et[2])) then
+        return bad("startTime must not be later than endTime.", "startTime")
+    end
+
+    -- every group needs its scope on the token
+    local granted, missing = {}, {}
+    for _, g in ipairs(S.groups(rec.scopes)) do granted[g] = true end
+    for _, r in ipairs(resources) do
+        if not granted[r] then missing[#missing + 1] = r end
+    end
+    if #missing > 0 then
+        return refuse(403, nil, "RESOURCES_NOT_AUTHORIZED", method, "The requested resources are not "
+            .. "authorized by the OAuth token: " .. table.concat(missing, ", ") .. ".", missing)
+    end
+
+    -- one-time groups: once per consent; time-based: once per window
+    local cfg, now = S.config(), ngx.now()
+    local pair = S.pair(rec.user, rec.project)
+    local exhausted, too_soon, one_time = {}, {}, false
+    for _, r in ipairs(resources) do
+        if S.group_access(rec, r) == "ONE_TIME" then
+            one_time = true
+            if pair.exhausted[r] then exhausted[#exhausted + 1] = r end
+        elseif pair.exported[r] and now - pair.exported[r] < cfg.time_based_seconds then
+            too_soon[#too_soon + 1] = r
+        end
+    end
+    if #exhausted > 0 then
+        return refuse(403, nil, "ONE_TIME_ACCESS_EXHAUSTED", method, "One-time access to these "
+            .. "resources was already used: " .. table.concat(exhausted, ", ") .. ". Reset the "
+            .. "authorization and obtain a new consent to export them again.", exhausted)
+    end
+    if #too_soon > 0 then
+        return refuse(400, "FAILED_PRECONDITION", "TIME_BASED_EXPORT_TOO_SOON", method,
+            ("Time-based resources can be exported once every %g hours; already exported: %s.")
+                :format(cfg.time_based_seconds / 3600, table.concat(too_soon, ", ")), too_soon)
+    end
+    for _, r in ipairs(resources) do
+        if S.group_access(rec, r) == "ONE_TIME" then pair.exhausted[r] = true else pair.exported[r] = now end
+    end
+    S.save_pair(rec.user, rec.project, pair)
+
+    local access = one_time and "ACCESS_TYPE_ONE_TIME" or "ACCESS_TYPE_TIME_BASED"
+    local job = S.new_job({
+        user = rec.user, project = rec.project, resources = resources, access_type = access,
+        start_time = st and st[3], end_time = et and et[3], export_time = et and et[3] or now_timestamp(),
+    })
+    return R.send_json(200, { archiveJobId = job.id, accessType = access })
+end
+
+local function get_state(id)
+    local rec = authorize(R.rpc_method("GetPortabilityArchiveState"))
+    if not rec then return end
+    local job = own_job(id, rec)
+    if not job then return end
+    local out = { name = "archiveJobs/" .. id .. "/portabilityArchiveState", state = job.state,
+                  startTime = job.start_time, exportTime = job.export_time }
+    if job.state == "COMPLETE" then out.urls = array(archive.urls(job)) end
+    return R.send_json(200, out)
+end
+
+local function retry(id, body)
+    local method = R.rpc_method("RetryPortabilityArchive")
+    local rec = authorize(method)
+    if not rec then return end
+    local _, err = parse_message(body, EMPTY)
+    if err then return bad(err) end
+    local job = own_job(id, rec)
+    if not job then return end
+    if job.state ~= "FAILED" then
+        return refuse(400, "FAILED_PRECONDITION", "ARCHIVE_JOB_NOT_FAILED", method, "Archive job "
+            .. id .. " is " .. job.state .. "; only a FAILED job can be retried.")
+    end
+    -- a retry needs no new consent: no one-time or time-based check
+    local new = S.new_job({
+        user = job.user, project = job.project, resources = job.resources, access_type = job.access_type,
+        start_time = job.start_time, end_time = job.end_time,
+        export_time = job.end_time or now_timestamp(), retry_of = job.id,
+    })
+    return R.send_json(200, { archiveJobId = new.id })
+end
+
+local function cancel(id, body)
+    local method = R.rpc_method("CancelPortabilityArchive")
+    local rec = authorize(method)
+    if not rec then return end
+    local _, err = parse_message(body, EMPTY)
+    if err then return bad(err) end
+    local job = own_job(id, rec)
+    if not job then return end
+    if job.state ~= "IN_PROGRESS" then
+        return refuse(400, "FAILED_PRECONDITION", "ARCHIVE_JOB_NOT_IN_PROGRESS", method, "Archive job "
+            .. id .. " is " .. job.state .. "; only an IN_PROGRESS job can be cancelled.")
+    end
+    job.state, job.ready_at, job.finished = "CANCELLED", nil, ngx.now()
+    S.save_job(job)
+    return R.send_json(200, {})
+end
+
+local function check_access_type(body)
+    local rec = authorize(R.rpc_method("CheckAccessType"))
+    if not rec then return end
+    local _, err = parse_message(body, EMPTY)
+    if err then return bad(err) end
+    local one, timed = {}, {}
+    for _, g in ipairs(S.groups(rec.scopes)) do
+        local list = S.group_access(rec, g) == "TIME_BASED" and timed or one
+        list[#list + 1] = g
+    end
+    return R.send_json(200, { oneTimeResources = #one > 0 and array(one) or nil,
+                              timeBasedResources = #timed > 0 and array(timed) or nil })
+end
+
+-- Revokes the token and every token of its (user, project) pair, and
+-- clears the pair's exhausted one-time groups and time-based exports.
+local function reset(body)
+    local rec, token = authorize(R.rpc_method("ResetAuthorization"))
+    if not rec then return end
+    local _, err = parse_message(body, EMPTY)
+    if err then return bad(err) end
+    S.revoke_access(token)
+    S.reset_pair(rec.user, rec.project)
+    return R.send_json(200, {})
+end
+
+--- Answers a /v1 request; false when no method matches.
+-- uri is nginx's decoded path, raw the path as sent.
+function _M.handle(method, uri, raw, body)
+    if method == "POST" and uri == "/v1/authorization:reset" then return reset(body) end
+    if method == "POST" and uri == "/v1/portabilityArchive:initiate" then return initiate(body) end
+    if method == "POST" and uri == "/v1/accessType:check" then return check_access_type(body) end
+    -- {name=archiveJobs/*...}: the id segment may be percent-encoded, ":" too
+    local seg = raw:match("^/v1/archiveJobs/([^/]+)/portabilityArchiveState$")
+    if seg and method == "GET" then return get_state(ngx.unescape_uri(seg)) end
+    seg = raw:match("^/v1/archiveJobs/([^/]+)$")
+    local id, verb = ngx.unescape_uri(seg or ""):match("^(.+):(%a+)$")
+    if id and method == "POST" and verb == "retry" then return retry(id, body) end
+    if id and method == "POST" and verb == "cancel" then return cancel(id, body) end
+    return false
+end
+
+return _M
