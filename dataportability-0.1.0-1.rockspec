@@ -31,6 +31,7 @@ build = {
       ["dataportability.scopes"] = "lua/dataportability/scopes.lua",
       ["dataportability.export"] = "lua/dataportability/export.lua",
       ["dataportability.oauth"] = "lua/dataportability/oauth.lua",
+      ["dataportability.cli"] = "lua/dataportability/cli.lua",
       ["dataportability.transport.ngx"] = "lua/dataportability/transport/ngx.lua",
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
       ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",
@@ -54,6 +55,6 @@ build = {
       },
    },
    install = {
-      bin = { "bin/dataportability-emulator" },
+      bin = { "bin/dataportability-emulator", "bin/dataportability" },
    },
 }

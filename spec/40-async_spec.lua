@@ -1,5 +1,7 @@
 -- Asynchronous calls on a real event loop (luv, as in Neovim), against the
--- emulator over HTTPS.
+-- emulator over HTTPS. luv is required by this file only: busted unloads
+-- modules between files, and luv cannot be loaded again once its default
+-- loop was collected.
 local dp = require("dataportability")
 local helpers = require("spec.helpers")
 local uv = require("luv")
@@ -132,6 +134,25 @@ describe("asynchronous calls on a luv loop", function()
         run_until(results, 1)
         assert.same({ true }, results)
         c:close()
+    end)
+
+    it("runs the other methods asynchronously too", function()
+        emu:configure({ job_seconds = 0.3 })
+        local token = helpers.token()
+        emu:add_token(token, { dp.scope_for("myactivity.youtube") })
+        local c, got = client(), {}
+        c:initiate_async(token, { "myactivity.youtube" }, function(job, err)
+            got.job, got.err = job, err
+            c:state_async(token, job.archive_job_id, function(st, serr)
+                got[#got + 1] = true
+                got.st, got.serr = st, serr
+            end)
+        end)
+        run_until(got, 1)
+        c:close()
+        assert.is_nil(got.err)
+        assert.is_nil(got.serr)
+        assert.equals("IN_PROGRESS", got.st.state)
     end)
 
     it("checks the driver option", function()

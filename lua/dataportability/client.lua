@@ -353,7 +353,7 @@ end
 --- export workflow (lua/dataportability/export.lua).
 function Client:export(token, resources, opts)
     check_token_type(token, "export")
-    local exported, err = require("dataportability.export")(self, token, resources, opts)
+    local exported, err = require("dataportability.export").run(self, token, resources, opts)
     return exported, err
 end
 

@@ -140,8 +140,10 @@ local function wait(client, token, job_id, opts, progress)
     end
 end
 
+local _M = { file_name = file_name }
+
 --- client:export(token, resources, opts) -> result | nil, err
-return function(client, token, resources, opts)
+function _M.run(client, token, resources, opts)
     if type(opts) ~= "table" or type(opts.dir) ~= "string" then
         error("bad argument #3 to 'export' (options table with dir expected)", 3)
     end
@@ -202,3 +204,5 @@ return function(client, token, resources, opts)
     end
     return { job_id = job_id, state = st.state, files = files, reset = reset }
 end
+
+return _M
