@@ -5,7 +5,7 @@
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 
-local type, pairs, tostring, error, rawget = type, pairs, tostring, error, rawget
+local type, pairs, tostring, error = type, pairs, tostring, error
 local format, gsub, char, tonumber, min = string.format, string.gsub, string.char, tonumber, math.min
 local open, rename, remove = io.open, os.rename, os.remove
 
@@ -18,23 +18,7 @@ local OPTIONS = {
     max_wait = "number",
 }
 
--- Waits without blocking nginx's worker where cosockets run.
-local function sleep(seconds)
-    local ngx = rawget(_G, "ngx")
-    if type(ngx) == "table" and ngx.sleep then
-        return ngx.sleep(seconds)
-    end
-    core.sleep(seconds)
-end
-
-local function now()
-    local ngx = rawget(_G, "ngx")
-    if type(ngx) == "table" and ngx.now then
-        ngx.update_time()
-        return ngx.now()
-    end
-    return os.time()
-end
+local sleep, now = core.sleep, os.time
 
 local function file_size(path)
     local f = open(path, "rb")
@@ -144,6 +128,10 @@ local _M = { file_name = file_name }
 
 --- client:export(token, resources, opts) -> result | nil, err
 function _M.run(client, token, resources, opts)
+    if client.cosockets then
+        error("export downloads files with the C core, which would block nginx's worker: run it outside"
+            .. " nginx (a script, a job queue), or use the single methods here", 3)
+    end
     if type(opts) ~= "table" or type(opts.dir) ~= "string" then
         error("bad argument #3 to 'export' (options table with dir expected)", 3)
     end
