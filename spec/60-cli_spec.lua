@@ -522,8 +522,9 @@ describe("command line: bin/dataportability #host", function()
             end)
             assert.matches("^http://127%.0%.0%.1:%d+/$", redirect_uri)
             assert.matches("[?&]code_challenge_method=S256", url)
+            -- registered without a port: Google accepts any loopback port (RFC 8252)
             emu:add_client({ client_id = client_id, client_secret = secret,
-                             redirect_uris = { redirect_uri } })
+                             redirect_uris = { "http://127.0.0.1/" } })
 
             -- the browser: the emulator consents and redirects to the CLI's listener
             local page = sh("curl -s -L -m 20 " .. q(url))

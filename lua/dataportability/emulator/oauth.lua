@@ -146,6 +146,21 @@ local function redirect(uri, params)
         R.HTML_TYPE, { Location = location })
 end
 
+
+-- Installed apps (RFC 8252, section 7.3): a registered loopback redirect
+-- matches the same URI on any port, as Google allows.
+local function same_loopback(registered, uri)
+    local function parts(u)
+        local host, path = tostring(u):match("^http://(127%.0%.0%.1)[:%d]*(/?.*)$")
+        if not host then
+            host, path = tostring(u):match("^http://(%[::1%])[:%d]*(/?.*)$")
+        end
+        return host and (host .. " " .. (path == "" and "/" or path))
+    end
+    local a = parts(registered)
+    return a ~= nil and a == parts(uri)
+end
+
 local function consent_error(code, name, text)
     return R.send_html(code, "Error " .. code .. ": " .. name, R.html_escape(text))
 end
@@ -158,7 +173,9 @@ function _M.authorize()
     local client = client_id and S.client(client_id)
     if not client then return consent_error(401, "invalid_client", "The OAuth client was not found.") end
     local registered = false
-    for _, u in ipairs(client.redirect_uris or {}) do registered = registered or u == redirect_uri end
+    for _, u in ipairs(client.redirect_uris or {}) do
+        registered = registered or u == redirect_uri or same_loopback(u, redirect_uri)
+    end
     if not registered then
         return consent_error(400, "redirect_uri_mismatch", "You can't sign in to this app because it "
             .. "doesn't comply with Google's OAuth 2.0 policy: redirect_uri=" .. tostring(redirect_uri))
