@@ -192,8 +192,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* Keeps a header's value if `line` is that header, printable bytes only. */
-static void keep_header(const char *line, size_t len, const char *name, char *out, size_t cap)
+void dp_keep_header(const char *line, size_t len, const char *name, char *out, size_t cap)
 {
     size_t name_len = strlen(name), i, n = 0;
 
@@ -217,8 +216,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
         c->content_type[0] = '\0';
         c->retry_after[0] = '\0';
     }
-    keep_header(line, n, "content-type", c->content_type, sizeof c->content_type);
-    keep_header(line, n, "retry-after", c->retry_after, sizeof c->retry_after);
+    dp_keep_header(line, n, "content-type", c->content_type, sizeof c->content_type);
+    dp_keep_header(line, n, "retry-after", c->retry_after, sizeof c->retry_after);
     return n;
 }
 

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -68,19 +67,6 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static void keep_value(const char *line, size_t len, const char *name, char *out, size_t cap)
-{
-    size_t name_len = strlen(name), i, n = 0;
-
-    if (len <= name_len || strncasecmp(line, name, name_len) != 0 || line[name_len] != ':')
-        return;
-    for (i = name_len + 1; i < len && line[i] == ' '; i++)
-        ;
-    for (; i < len && n + 1 < cap && line[i] >= 0x20 && line[i] <= 0x7e; i++)
-        out[n++] = line[i];
-    out[n] = '\0';
-}
-
 static size_t on_head(char *line, size_t size, size_t nmemb, void *ud)
 {
     dp_download *d = ud;
@@ -88,8 +74,8 @@ static size_t on_head(char *line, size_t size, size_t nmemb, void *ud)
     char hash[256] = "";
     const char *md5;
 
-    keep_value(line, n, "content-range", d->content_range, sizeof d->content_range);
-    keep_value(line, n, "x-goog-hash", hash, sizeof hash);
+    dp_keep_header(line, n, "content-range", d->content_range, sizeof d->content_range);
+    dp_keep_header(line, n, "x-goog-hash", hash, sizeof hash);
     md5 = strstr(hash, "md5=");
     if (md5 != NULL) {
         size_t k = strcspn(md5 + 4, ",");

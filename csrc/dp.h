@@ -65,6 +65,9 @@ void dp_download_open(lua_State *L);
 void dp_crypto_open(lua_State *L);
 
 dp_client *dp_check_client(lua_State *L, int idx);
+/* If the header line (len bytes, from libcurl) is header `name`, writes
+ * its value to out: printable bytes only, trimmed, cut to cap - 1. */
+void dp_keep_header(const char *line, size_t len, const char *name, char *out, size_t cap);
 /* 127.0.0.0/8, [::1] or localhost. */
 int dp_is_loopback(const char *host);
 /* The error kind of a failed transfer. */

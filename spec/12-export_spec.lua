@@ -8,20 +8,8 @@ local helpers = require("spec.helpers")
 local GROUP = "myactivity.youtube"
 local MiB = 1024 * 1024
 
-local function tmpdir()
-    local p = io.popen("mktemp -d")
-    local dir = p:read("*l")
-    p:close()
-    return dir
-end
-
-local function size_of(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local n = f:seek("end")
-    f:close()
-    return n
-end
+local tmpdir = helpers.tmpdir
+local size_of = helpers.size_of
 
 local function rss_kib()
     for line in io.lines("/proc/self/status") do

@@ -8,16 +8,8 @@ local PREFIX = "https://www.googleapis.com/auth/dataportability."
 local YOUTUBE, HISTORY = PREFIX .. "myactivity.youtube", PREFIX .. "chrome.history"
 local REDIRECT = "http://127.0.0.1:9/callback"
 
-local function q(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function sh(cmd)
-    local p = assert(io.popen(cmd))
-    local out = p:read("*a")
-    p:close()
-    return out
-end
+local q = helpers.quote
+local sh = helpers.sh
 
 local function sleep(seconds) sh("sleep " .. seconds) end
 

@@ -9,9 +9,7 @@ local cjson = require("cjson.safe")
 local N = 5        -- concurrent requests in the non-blocking test
 local DELAY = 1    -- seconds the emulator holds each of them
 
-local function q(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = helpers.quote
 
 local function escape(s)
     return (tostring(s):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))

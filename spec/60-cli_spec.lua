@@ -10,30 +10,10 @@ local BIN = "bin/dataportability"
 local YOUTUBE = helpers.SCOPE
 local CHROME = "https://www.googleapis.com/auth/dataportability.chrome.history"
 
-local function q(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function sh(cmd)
-    local p = assert(io.popen(cmd))
-    local out = p:read("*a")
-    p:close()
-    return out
-end
-
-local function read(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local data = f:read("*a")
-    f:close()
-    return data
-end
-
-local function write(path, data)
-    local f = assert(io.open(path, "wb"))
-    f:write(data)
-    f:close()
-end
+local q = helpers.quote
+local sh = helpers.sh
+local read = helpers.read
+local write = helpers.write
 
 local function mode_of(path)
     return (sh("stat -c %a " .. q(path)):gsub("%s", ""))

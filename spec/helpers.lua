@@ -1,6 +1,7 @@
 -- Shared by the specs: a real emulator per describe block, fresh tokens,
 -- and a deep scan for a secret in anything a call returned.
 local emulator = require("dataportability.emulator")
+local nginx = require("dataportability.emulator.nginx")
 
 local _M = {}
 
@@ -55,6 +56,36 @@ function _M.contains(value, secret, seen)
         end
     end
     return false
+end
+
+--- Shell and files, for the specs that drive other programs.
+_M.quote = nginx.quote
+_M.read = nginx.read_file
+
+--- A command's standard output.
+function _M.sh(cmd)
+    local p = assert(io.popen(cmd))
+    local out = p:read("*a")
+    p:close()
+    return out
+end
+
+function _M.write(path, data)
+    assert(nginx.write_file(path, data))
+end
+
+--- A new temporary directory; the caller removes it.
+function _M.tmpdir()
+    return (_M.sh("mktemp -d"):gsub("%s+$", ""))
+end
+
+--- A file's size, or nil when it does not exist.
+function _M.size_of(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local n = f:seek("end")
+    f:close()
+    return n
 end
 
 --- Runs a Lua chunk in a child interpreter with extra environment

@@ -201,18 +201,27 @@ local function get_state(id)
     return R.send_json(200, out)
 end
 
-local function retry(id, body)
-    local method = R.rpc_method("RetryPortabilityArchive")
+-- The caller's own job for retry and cancel, when it is in `wanted`;
+-- otherwise the error answer is sent and nil returned.
+local function job_in(rpc, id, body, wanted, reason, verb)
+    local method = R.rpc_method(rpc)
     local rec = authorize(method)
-    if not rec then return end
+    if not rec then return nil end
     local _, err = parse_message(body, EMPTY)
-    if err then return bad(err) end
+    if err then bad(err) return nil end
     local job = own_job(id, rec)
-    if not job then return end
-    if job.state ~= "FAILED" then
-        return refuse(400, "FAILED_PRECONDITION", "ARCHIVE_JOB_NOT_FAILED", method, "Archive job "
-            .. id .. " is " .. job.state .. "; only a FAILED job can be retried.")
+    if job and job.state ~= wanted then
+        local article = wanted == "IN_PROGRESS" and "an" or "a"
+        refuse(400, "FAILED_PRECONDITION", reason, method, ("Archive job %s is %s; only %s %s job can be %s.")
+            :format(id, job.state, article, wanted, verb))
+        return nil
     end
+    return job
+end
+
+local function retry(id, body)
+    local job = job_in("RetryPortabilityArchive", id, body, "FAILED", "ARCHIVE_JOB_NOT_FAILED", "retried")
+    if not job then return end
     -- a retry needs no new consent: no one-time or time-based check
     local new = S.new_job({
         user = job.user, project = job.project, resources = job.resources, access_type = job.access_type,
@@ -223,17 +232,9 @@ local function retry(id, body)
 end
 
 local function cancel(id, body)
-    local method = R.rpc_method("CancelPortabilityArchive")
-    local rec = authorize(method)
-    if not rec then return end
-    local _, err = parse_message(body, EMPTY)
-    if err then return bad(err) end
-    local job = own_job(id, rec)
+    local job = job_in("CancelPortabilityArchive", id, body, "IN_PROGRESS", "ARCHIVE_JOB_NOT_IN_PROGRESS",
+        "cancelled")
     if not job then return end
-    if job.state ~= "IN_PROGRESS" then
-        return refuse(400, "FAILED_PRECONDITION", "ARCHIVE_JOB_NOT_IN_PROGRESS", method, "Archive job "
-            .. id .. " is " .. job.state .. "; only an IN_PROGRESS job can be cancelled.")
-    end
     job.state, job.ready_at, job.finished = "CANCELLED", nil, ngx.now()
     S.save_job(job)
     return R.send_json(200, {})
