@@ -31,6 +31,7 @@ build = {
       ["dataportability.scopes"] = "lua/dataportability/scopes.lua",
       ["dataportability.export"] = "lua/dataportability/export.lua",
       ["dataportability.oauth"] = "lua/dataportability/oauth.lua",
+      ["dataportability.retry"] = "lua/dataportability/retry.lua",
       ["dataportability.cli"] = "lua/dataportability/cli.lua",
       ["dataportability.transport.ngx"] = "lua/dataportability/transport/ngx.lua",
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",

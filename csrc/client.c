@@ -215,10 +215,28 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) { /* a new response (after 100 Continue) */
         c->content_type[0] = '\0';
         c->retry_after[0] = '\0';
+        c->headers_done = 0;
     }
+    if ((n == 2 && line[0] == '\r' && line[1] == '\n') || (n == 1 && line[0] == '\n'))
+        c->headers_done = 1;
     dp_keep_header(line, n, "content-type", c->content_type, sizeof c->content_type);
     dp_keep_header(line, n, "retry-after", c->retry_after, sizeof c->retry_after);
     return n;
+}
+
+/* Counts the times a request really goes out: libcurl sends a request
+ * again on a new connection when a reused one turns out dead, and a retry
+ * must know whether the server may have seen it. Nothing is printed. */
+static int on_debug(CURL *handle, curl_infotype type, char *data, size_t size, void *ud)
+{
+    dp_client *c = ud;
+
+    (void)handle;
+    (void)data;
+    (void)size;
+    if (type == CURLINFO_HEADER_OUT)
+        c->sends++;
+    return 0;
 }
 
 /* ---- lifecycle ---- */
@@ -302,6 +320,7 @@ static int l_new(lua_State *L)
 
     read_options(L, &o, &ep);
     c->base = ep.base;
+    c->loopback = ep.loopback;
     if (!add_header(c, "Accept: application/json") || !add_header(c, "Expect:"))
         return luaL_error(L, "out of memory");
     if (o.quota_project != NULL) {
@@ -349,6 +368,9 @@ static int l_new(lua_State *L)
     SETOPT(CURLOPT_HEADERFUNCTION, on_header);
     SETOPT(CURLOPT_HEADERDATA, c);
     SETOPT(CURLOPT_PRIVATE, (void *)c);
+    SETOPT(CURLOPT_DEBUGFUNCTION, on_debug);
+    SETOPT(CURLOPT_DEBUGDATA, (void *)c);
+    SETOPT(CURLOPT_VERBOSE, 1L); /* feeds on_debug only */
     return 1;
 }
 
@@ -522,6 +544,8 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
     }
     c->body_len = 0;
     c->too_large = 0;
+    c->headers_done = 0;
+    c->sends = 0;
     c->content_type[0] = c->retry_after[0] = c->errbuf[0] = '\0';
 
     rc = set_url(c, path, path_len);
@@ -556,12 +580,21 @@ int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
 
     if (rc == CURLE_OK)
         rc = curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
+    if (rc == CURLE_OK && !c->headers_done) {
+        dp_wipe(c->body, c->body_len);
+        dp_fail(L, "network", "the connection closed before the headers ended");
+        lua_pushinteger(L, c->sends);
+        return 4;
+    }
     if (rc != CURLE_OK) {
         const char *kind = dp_kind_of(rc, c);
         dp_wipe(c->body, c->body_len);
         if (strcmp(kind, "too_large") == 0)
-            return dp_fail(L, kind, "response body is larger than 1 MiB");
-        return dp_fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
+            dp_fail(L, kind, "response body is larger than 1 MiB");
+        else
+            dp_fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
+        lua_pushinteger(L, c->sends);
+        return 4;
     }
     lua_pushinteger(L, status);
     lua_pushlstring(L, c->body ? c->body : "", c->body_len);
@@ -579,7 +612,8 @@ int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
 
 /* client:request(method, path [, token [, body [, "json"|"form"]]])
  *   -> status, body, content_type|nil, retry_after|nil
- *   -> nil, kind, message  (nothing was received, or the body was cut) */
+ *   -> nil, kind, message, sends  (nothing was received, or the body was
+ *      cut; sends: how many times the request went out, 0 if never) */
 static int l_request(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);

@@ -64,10 +64,22 @@ static int l_sleep(lua_State *L)
     return 0;
 }
 
+/* core.now() -> seconds on a monotonic clock, for timers and deadlines. */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return luaL_error(L, "clock_gettime failed");
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
 DP_EXPORT int luaopen_dataportability_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"check_token", l_check_token},
+        {"now", l_now},
         {"sleep", l_sleep},
         {NULL, NULL}
     };

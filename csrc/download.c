@@ -114,8 +114,10 @@ static int on_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut
     return 0;
 }
 
-/* The URL must be https, or http to a loopback host (the emulator). */
-static const char *check_url(const char *url, int *https)
+/* The URL must be https; http only to a loopback host, and only when the
+ * API endpoint is loopback too (the emulator): a hostile API server must
+ * not make the client fetch local services. */
+static const char *check_url(const char *url, int loopback_endpoint, int *https)
 {
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *user = NULL;
@@ -128,10 +130,10 @@ static const char *check_url(const char *url, int *https)
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
         problem = "is not a URL";
     else if (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER)
-        problem = "must not carry credentials";
+        problem = "carries credentials";
     else if (!(*https = strcmp(scheme, "https") == 0) &&
-             !(strcmp(scheme, "http") == 0 && dp_is_loopback(host)))
-        problem = "must be https:// (http:// only for a loopback host)";
+             !(strcmp(scheme, "http") == 0 && loopback_endpoint && dp_is_loopback(host)))
+        problem = "is not https://";
     curl_free(scheme);
     curl_free(host);
     curl_free(user);
@@ -259,8 +261,13 @@ static int l_download(lua_State *L)
     }
     if (c->curl == NULL)
         return dp_fail(L, "closed", "client is closed");
-    if ((problem = check_url(url, &https)) != NULL)
-        return luaL_error(L, "bad argument #2 to 'download' (the URL %s)", problem);
+    /* The URL comes from the server: a bad one is an answer, not a bug. */
+    if ((problem = check_url(url, c->loopback, &https)) != NULL) {
+        lua_pushnil(L);
+        lua_pushstring(L, "http");
+        lua_pushfstring(L, "the server listed a download URL that %s", problem);
+        return 3;
+    }
     d.fp = fopen(path, "ab");
     if (d.fp == NULL)
         return dp_fail(L, "io", "cannot open the file for writing");

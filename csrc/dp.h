@@ -19,6 +19,7 @@ typedef struct dp_client {
     CURL *download;             /* archive downloads (download.c), made on first use */
     struct curl_slist *headers; /* per-client fixed headers */
     char *base;                 /* scheme://host:port */
+    int loopback;               /* the endpoint's host is loopback */
     char *url;                  /* base + path of the current request */
     size_t url_cap;
     char *post;                 /* request body of the current request */
@@ -26,6 +27,8 @@ typedef struct dp_client {
     char *body;                 /* response body of the current request */
     size_t body_len, body_cap;
     int too_large;
+    int headers_done;           /* the blank line ending the headers was seen */
+    int sends;                  /* times libcurl sent the current request */
     char content_type[128];
     char retry_after[64];
     char errbuf[CURL_ERROR_SIZE];

@@ -155,6 +155,18 @@ describe("asynchronous calls on a luv loop", function()
         assert.equals("IN_PROGRESS", got.st.state)
     end)
 
+    it("retries on the event loop, waiting on its timer", function()
+        emu:set_fault({ action = "status", status = 503, count = 2, path = "/v1/authorization:reset" })
+        local seen, results = {}, {}
+        local c = dp.new(helpers.https(emu, { driver = driver, retries = 3, retry_max_delay = 0.05,
+            on_retry = function(info) seen[#seen + 1] = info.attempt end }))
+        c:reset_async(helpers.registered(emu), function(ok) results[#results + 1] = ok end)
+        run_until(results, 1)
+        c:close()
+        assert.is_true(results[1])
+        assert.same({ 1, 2 }, seen)
+    end)
+
     it("checks the driver option", function()
         assert.has_error(function() dp.new({ driver = {} }) end)
         assert.has_error(function() dp.driver({ watch = print }) end)

@@ -7,6 +7,7 @@ local core = require("dataportability.core")
 local type, error, pairs, ipairs, select = type, error, pairs, ipairs, select
 local setmetatable, getmetatable, pcall, require, rawget = setmetatable, getmetatable, pcall, require, rawget
 local unpack = table.unpack or unpack -- luacheck: ignore 143
+local floor, max = math.floor, math.max
 
 local _M = {}
 
@@ -37,8 +38,8 @@ function _M.driver(hooks)
         callbacks = {},     -- transport -> callback of its running request
         watched = {},       -- fd -> true
         queue = {},         -- results to deliver: { callback, n, ... }
-        curl_timeout = -1,  -- the timer libcurl wants
-        early = false,      -- the timer is armed at 0 to deliver the queue
+        timers = {},        -- { due =, fn = }: Driver:after
+        curl_due = nil,     -- when libcurl wants its timer, on core.now()'s clock
     }, Driver)
 end
 
@@ -68,14 +69,18 @@ local function sync(self)
         self.queue[#self.queue + 1] = { callback, r.n - 1, unpack(r, 2, r.n) }
     end
     if timeout then
-        self.curl_timeout = timeout
+        self.curl_due = timeout >= 0 and core.now() + timeout / 1000 or nil
     end
-    if #self.queue > 0 then
-        self.early = true
-        self.hooks.timer(0)
-    elseif timeout or self.early then
-        self.early = false
-        self.hooks.timer(self.curl_timeout)
+    -- one host timer for libcurl's, Driver:after's and the queue's needs,
+    -- re-armed only when the earliest of them changes
+    local now, due = core.now(), self.curl_due
+    for _, t in ipairs(self.timers) do
+        if not due or t.due < due then due = t.due end
+    end
+    if #self.queue > 0 then due = now end
+    if due ~= self.armed then
+        self.armed = due
+        self.hooks.timer(due and max(0, floor((due - now) * 1000 + 0.5)) or -1)
     end
 end
 
@@ -93,6 +98,10 @@ end
 --- callback(status, body, content_type, retry_after) or (nil, kind, message),
 --- always later, never before start returns.
 function Driver:start(transport, method, path, token, body, callback)
+    if self.closed then -- nothing will run the loop for it: answer now
+        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "the event loop driver is closed" }
+        return deliver(self)
+    end
     local ok, kind, message = self.multi:add(transport, method, path, token, body)
     if ok then
         self.callbacks[transport] = callback
@@ -106,6 +115,7 @@ end
 --- before any I/O.
 function Driver:settle(callback, ...)
     self.queue[#self.queue + 1] = { callback, select("#", ...), ... }
+    if self.closed then return deliver(self) end
     sync(self)
 end
 
@@ -126,15 +136,30 @@ function Driver:ready(fd, readable, writable)
     deliver(self)
 end
 
+--- Calls fn() once, `seconds` from now, on the loop: waits between retries.
+function Driver:after(seconds, fn)
+    if self.closed then return fn() end
+    self.timers[#self.timers + 1] = { due = core.now() + seconds, fn = fn }
+    sync(self)
+end
+
 --- The host: the timer fired.
 function Driver:timeout()
+    self.armed = nil -- the host's timer is spent
     self.multi:action(-1)
+    local now, due, later = core.now(), {}, {}
+    for _, t in ipairs(self.timers) do
+        if t.due <= now then due[#due + 1] = t.fn else later[#later + 1] = t end
+    end
+    self.timers = later
     sync(self)
     deliver(self)
+    for _, fn in ipairs(due) do fn() end
 end
 
 --- Stops watching everything; running requests end with `closed`.
 function Driver:close()
+    self.closed = true
     for _, callback in pairs(self.callbacks) do
         self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "the event loop driver is closed" }
     end
@@ -145,6 +170,9 @@ function Driver:close()
     self.watched = {}
     self.hooks.timer(-1)
     self.multi:close()
+    local waiting = self.timers
+    self.timers = {}
+    for _, t in ipairs(waiting) do t.fn() end -- a retry that waits starts, and is told `closed`
     deliver(self)
     if self.hooks.close then
         self.hooks.close()
@@ -178,7 +206,9 @@ function _M.luv_driver(uv, defer)
         timer = function(ms)
             timer:stop()
             if ms >= 0 then
-                timer:start(ms, 0, function() driver:timeout() end)
+                -- at least 1 ms: a 0 ms timer armed from a timer callback runs again in
+                -- the same turn of libuv's loop, before any socket is polled
+                timer:start(max(ms, 1), 0, function() driver:timeout() end)
             end
         end,
         defer = defer,

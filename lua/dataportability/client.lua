@@ -5,6 +5,7 @@ local errors = require("dataportability.errors")
 local async = require("dataportability.async")
 local scopes = require("dataportability.scopes")
 local oauth = require("dataportability.oauth")
+local retry = require("dataportability.retry")
 local json = require("cjson.safe")
 
 local type, pairs, ipairs, tostring, error, setmetatable, rawget = type, pairs, ipairs, tostring, error,
@@ -23,7 +24,7 @@ local USER_AGENT = "dataportability-lua/" .. _M.VERSION
 local OPTIONS = {
     endpoint = "string", timeout = "number", connect_timeout = "number",
     ca_file = "string", user_agent = "string", quota_project = "string", proxy = "string",
-    driver = "table",
+    driver = "table", retries = "number", retry_max_delay = "number", on_retry = "function",
 }
 
 local Client = { __name = "dataportability.client" }
@@ -47,6 +48,13 @@ local function check_options(opts, fname)
     end
     if opts.driver and not async.is_driver(opts.driver) then
         error(fname .. ": option 'driver' must come from dp.driver()", 4)
+    end
+    if opts.retries and (opts.retries < 0 or opts.retries % 1 ~= 0) then
+        error(fname .. ": option 'retries' must be a whole number >= 0", 4)
+    end
+    local d = opts.retry_max_delay
+    if d and (d ~= d or d < 0) then
+        error(fname .. ": option 'retry_max_delay' must be a number of seconds >= 0", 4)
     end
     return opts
 end
@@ -91,7 +99,11 @@ local function create(opts, fname)
     if not ok then
         error(fname .. ": " .. tostring(transport), 3)
     end
-    return setmetatable({ transport = transport, driver = opts.driver, cosockets = in_nginx() }, Client)
+    return setmetatable({
+        transport = transport, driver = opts.driver, cosockets = in_nginx(),
+        retries = opts.retries or retry.RETRIES, retry_max_delay = opts.retry_max_delay or retry.MAX_DELAY,
+        on_retry = opts.on_retry,
+    }, Client)
 end
 
 local function check_token_type(token, fname)
@@ -103,13 +115,21 @@ end
 
 -- What a transport's answer means: the decoded JSON body of a 2xx, or
 -- nil, err.
+-- Kinds whose request surely never left: nothing reached the server.
+local UNSENT_KINDS = { dns = true, connect = true, invalid_token = true, closed = true }
+
 local function outcome(m, token, status, resp, content_type, retry_after)
-    if not status then -- nothing usable came back: then come the kind and the message
-        return nil, errors.new(m.id, resp, content_type)
+    if not status then -- nothing usable came back: the kind, the message, the sends
+        local kind, sends = resp, retry_after
+        local sent = not UNSENT_KINDS[kind] and (sends == nil or sends > 0)
+        return nil, errors.new(m.id, kind, content_type, { sent = sent })
     end
     resp = errors.redact(resp, token)
+    content_type = content_type and errors.redact(content_type, token)
+    retry_after = retry_after and errors.redact(retry_after, token)
     if status < 200 or status >= 300 then
-        return nil, errors.from_response(m.id, status, resp, content_type, retry_after)
+        local err = errors.from_response(m.id, status, resp, content_type, retry_after)
+        return nil, errors.scrub(err, token) -- also what JSON escapes hid from redact
     end
     if resp == "" then
         return {}
@@ -119,7 +139,7 @@ local function outcome(m, token, status, resp, content_type, retry_after)
         return nil, errors.new(m.id, "http",
             format("HTTP %d with a body that is not a JSON object", status), { http_status = status })
     end
-    return doc
+    return errors.scrub(doc, token)
 end
 
 -- The one request path, blocking.
@@ -129,10 +149,6 @@ end
 
 -- The same, through the event loop: done(doc) or done(nil, err), later.
 local function call_async(self, m, path, token, body, done)
-    if self.cosockets then
-        error("asynchronous calls are for event loops outside nginx; in OpenResty the plain"
-            .. " calls do not block", 3)
-    end
     self.driver = self.driver or async.default_driver()
     if not path then -- refused before any I/O: body is the error
         return self.driver:settle(done, nil, body)
@@ -150,7 +166,7 @@ end
 -- "archiveJobs/abc" or "abc" -> "abc" percent-encoded, or nil, message.
 local function job_segment(job_id)
     local id = gsub(job_id, "^archiveJobs/", "")
-    if id == "" or find(id, "/", 1, true) then
+    if id == "" or id == "." or id == ".." or find(id, "/", 1, true) then
         return nil, "job id must be 'ID' or 'archiveJobs/ID', got '" .. job_id .. "'"
     end
     return (gsub(id, "[^%w%-._~]", function(c) return format("%%%02X", byte(c)) end))
@@ -320,13 +336,52 @@ local function call_with(self, m, path, token, body)
     return doc, err
 end
 
+-- Sends with send(cb), and again as retry.lua allows, waiting with
+-- wait(seconds, cb) in between; then done(doc) or done(nil, err) with
+-- err.attempts, and err.maybe_applied for a reset that probably took
+-- effect on an attempt whose answer was lost.
+local function with_retries(self, m, send, wait, done)
+    local attempts, lost, started = 0, false, core.now()
+    local function attempt()
+        attempts = attempts + 1
+        send(function(doc, err)
+            if doc then return done(doc) end
+            err.attempts = attempts
+            if m.revokes and lost and err.status == "UNAUTHENTICATED" then
+                err.maybe_applied = true
+            end
+            lost = lost or (err.http_status == nil and err.sent == true)
+            local delay = attempts <= self.retries and retry.allowed(m.id, err)
+                and retry.delay(attempts, err, self.retry_max_delay)
+            if not delay or core.now() - started + delay > retry.MAX_TOTAL then
+                return done(nil, err)
+            end
+            if self.on_retry then
+                self.on_retry({ method = m.id, attempt = attempts, delay = delay, err = err })
+            end
+            wait(delay, attempt)
+        end)
+    end
+    attempt()
+end
+
+-- Blocking waits; in nginx they yield to its event loop.
+local function sleep(seconds, cb)
+    local ngx = rawget(_G, "ngx")
+    if type(ngx) == "table" and ngx.sleep then ngx.sleep(seconds) else core.sleep(seconds) end
+    cb()
+end
+
 for name, m in pairs(API) do
     Client[name] = function(self, token, ...)
         check_token_type(token, name)
         check_args(m, name, ...)
         local path, body = build(m, ...)
         if not path then return nil, body end
-        return result(m, call_with(self, m, path, token, body))
+        local doc, err
+        with_retries(self, m, function(cb) cb(call_with(self, m, path, token, body)) end, sleep,
+            function(d, e) doc, err = d, e end)
+        return result(m, doc, err)
     end
 
     local async_name = name .. "_async"
@@ -334,6 +389,10 @@ for name, m in pairs(API) do
         local n = select("#", ...)
         local args, callback = { ... }, select(n > 0 and n or 1, ...)
         check_token_type(token, async_name)
+        if self.cosockets then
+            error("asynchronous calls are for event loops outside nginx; in OpenResty the plain"
+                .. " calls do not block", 2)
+        end
         if type(callback) ~= "function" then
             error(format("bad argument #%d to '%s' (the last argument must be the callback function,"
                 .. " got %s)", n > 0 and n + 1 or 2, async_name, type(callback)), 2)
@@ -345,7 +404,12 @@ for name, m in pairs(API) do
             if not access then path, body = nil, err end
             token = access
         end
-        call_async(self, m, path, token, body, function(doc, err) callback(result(m, doc, err)) end)
+        if not path then -- refused before any I/O: body is the error
+            return call_async(self, m, nil, token, body, function(_, err) callback(nil, err) end)
+        end
+        with_retries(self, m, function(cb) call_async(self, m, path, token, body, cb) end,
+            function(seconds, cb) self.driver:after(seconds, cb) end,
+            function(doc, err) callback(result(m, doc, err)) end)
     end
 end
 

@@ -7,7 +7,8 @@ local json = require("cjson.safe")
 
 local find, gsub, sub, format = string.find, string.gsub, string.sub, string.format
 local concat = table.concat
-local type, tostring, ipairs, setmetatable, getmetatable = type, tostring, ipairs, setmetatable, getmetatable
+local type, tostring, ipairs, pairs = type, tostring, ipairs, pairs
+local setmetatable, getmetatable = setmetatable, getmetatable
 
 local _M = {}
 
@@ -119,6 +120,23 @@ function _M.redact(s, secret)
     end
     out[#out + 1] = sub(s, pos)
     return concat(out)
+end
+
+-- `v` with `secret` redacted in every string, key and value, in place.
+function _M.scrub(v, secret, seen)
+    if type(v) == "string" then return _M.redact(v, secret) end
+    if type(v) ~= "table" or not secret then return v end
+    seen = seen or {}
+    if seen[v] then return v end
+    seen[v] = true
+    local moved = {}
+    for k, x in pairs(v) do
+        local k2 = _M.scrub(k, secret, seen)
+        local x2 = _M.scrub(x, secret, seen)
+        if k2 ~= k then moved[#moved + 1] = { k, k2, x2 } elseif x2 ~= x then v[k] = x2 end
+    end
+    for _, m in ipairs(moved) do v[m[1]] = nil; v[m[2]] = m[3] end
+    return v
 end
 
 return _M

@@ -18,6 +18,7 @@ local function options()
         opts[k] = args[k]
     end
     opts.timeout, opts.connect_timeout = tonumber(args.timeout), tonumber(args.connect_timeout)
+    opts.retries = tonumber(args.retries) or 0 -- one failure at a time, as in spec/10
     return opts
 end
 

@@ -34,7 +34,7 @@ function _M.start(emu)
         listen 127.0.0.1:%d;
         location = /reset {
             content_by_lua_block {
-                require("reset_handler").handle({ endpoint = %q, timeout = 5,
+                require("reset_handler").handle({ endpoint = %q, timeout = 5, retries = 0,
                     user_agent = "spec/1.0", quota_project = "spec-project" })
             }
         }
