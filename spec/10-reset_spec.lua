@@ -268,6 +268,25 @@ describe("reset against the emulator", function()
             end
         end)
 
+        it("is never in anything the process prints: results, errors, retries, raised errors", function()
+            local token, revoked = helpers.registered(emu), helpers.token()
+            local out, ok = helpers.run_lua({ LUA_PATH = package.path, LUA_CPATH = package.cpath }, ([[
+                local dp = require("dataportability")
+                local opts = { endpoint = %q, ca_file = %q, retries = 1, retry_max_delay = 0.01,
+                               on_retry = function(info) print(tostring(info.err)) end }
+                local c = dp.new(opts)
+                print(c, c:reset(%q))
+                local r, err = c:reset(%q)
+                print(r, err, err.message, err.kind)
+                print(pcall(error, err))
+                error(err)
+            ]]):format(emu.https_endpoint, emu.ca_file, token, revoked))
+            assert.is_false(ok) -- the last line raises the error table
+            assert.matches("UNAUTHENTICATED", out)
+            assert.is_nil(out:find(token, 1, true))
+            assert.is_nil(out:find(revoked, 1, true))
+        end)
+
         it("is never written to the emulator's logs", function()
             local token = helpers.registered(emu)
             assert.is_true(dp.reset(token, helpers.https(emu)))
