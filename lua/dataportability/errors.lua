@@ -23,22 +23,22 @@ local RETRYABLE_STATUS = { [408] = true, [429] = true, [500] = true, [502] = tru
 
 local EXCERPT_MAX = 200
 
--- One printable line, at most `max` bytes.
+-- One printable line, at most `max` bytes. Cut first: a hostile body
+-- must not make the patterns below run over a whole MiB.
 local function one_line(s, max)
+    local cut = max and #s > max
+    if cut then s = sub(s, 1, max) end
     s = gsub(gsub(s, "[%c]+", " "), "^%s+", "")
     s = gsub(s, "%s+$", "")
-    if max and #s > max then
-        s = sub(s, 1, max) .. "..."
-    end
-    return s
+    return cut and s .. "..." or s
 end
 
 function Error:__tostring()
     local parts = { "dataportability: ", self.method or "?", ": ", self.kind }
     if self.http_status then
         parts[#parts + 1] = format(" (HTTP %d", self.http_status)
-        if self.status then parts[#parts + 1] = " " .. self.status end
-        if self.reason then parts[#parts + 1] = " " .. self.reason end
+        if self.status then parts[#parts + 1] = " " .. one_line(tostring(self.status), 100) end
+        if self.reason then parts[#parts + 1] = " " .. one_line(tostring(self.reason), 100) end
         parts[#parts + 1] = ")"
     end
     parts[#parts + 1] = ": " .. one_line(tostring(self.message))
@@ -59,7 +59,7 @@ function _M.new(method, kind, message, fields)
 end
 
 local function excerpt(body)
-    local text = gsub(gsub(body, "<[^>]*>", " "), "[^\32-\126]", " ")
+    local text = gsub(gsub(sub(body, 1, 4 * EXCERPT_MAX), "<[^>]*>", " "), "[^\32-\126]", " ")
     return one_line(gsub(text, "%s+", " "), EXCERPT_MAX)
 end
 
@@ -107,7 +107,7 @@ end
 -- `s` with every occurrence of `secret` replaced, so that a server echoing
 -- the token back cannot put it into an error table.
 function _M.redact(s, secret)
-    if not secret or not find(s, secret, 1, true) then
+    if not secret or secret == "" or not find(s, secret, 1, true) then
         return s
     end
     local out, pos = {}, 1
@@ -122,8 +122,10 @@ function _M.redact(s, secret)
     return concat(out)
 end
 
--- `v` with `secret` redacted in every string, key and value, in place.
-function _M.scrub(v, secret, seen)
+-- `v` with `secret` redacted in every string value and in the keys of
+-- nested tables (what a server sent), in place. The error table's own
+-- field names stay, whatever the secret.
+function _M.scrub(v, secret, seen, nested)
     if type(v) == "string" then return _M.redact(v, secret) end
     if type(v) ~= "table" or not secret then return v end
     seen = seen or {}
@@ -131,8 +133,8 @@ function _M.scrub(v, secret, seen)
     seen[v] = true
     local moved = {}
     for k, x in pairs(v) do
-        local k2 = _M.scrub(k, secret, seen)
-        local x2 = _M.scrub(x, secret, seen)
+        local k2 = nested and _M.scrub(k, secret, seen, true) or k
+        local x2 = _M.scrub(x, secret, seen, true)
         if k2 ~= k then moved[#moved + 1] = { k, k2, x2 } elseif x2 ~= x then v[k] = x2 end
     end
     for _, m in ipairs(moved) do v[m[1]] = nil; v[m[2]] = m[3] end

@@ -91,9 +91,15 @@ local function post(c, path, fields, method, secrets)
     if not status then
         return nil, errors.new(method, body, content_type)
     end
-    for _, s in pairs(secrets) do body = errors.redact(body, s) end
+    for _, s in pairs(secrets) do
+        body = errors.redact(body, s)
+        content_type = content_type and errors.redact(content_type, s)
+        retry_after = retry_after and errors.redact(retry_after, s)
+    end
     if status ~= 200 then
-        return nil, errors.from_response(method, status, body, content_type, retry_after)
+        local err = errors.from_response(method, status, body, content_type, retry_after)
+        for _, s in pairs(secrets) do errors.scrub(err, s) end -- what JSON escapes hid
+        return nil, err
     end
     local doc = body == "" and {} or json.decode(body)
     if type(doc) ~= "table" then
