@@ -7,6 +7,9 @@
 #   make demo     install what is missing, build, run examples/reset.lua
 #                 against a fresh emulator
 #   make install  copy the modules under PREFIX (DESTDIR honoured)
+#   make asan     the core for Lua 5.4 under ASan+UBSan, and a Lua 5.4 host
+#                 linked with them (build/asan); docs/hardening.md
+#   make fuzz     the libFuzzer targets in fuzz/ (clang; build/fuzz)
 #
 # Every path is overridable: make LUA_INCDIR_5.4=/opt/lua/include ...
 
@@ -57,7 +60,51 @@ install: all
 	cd lua && find . -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(LUA_MODULE_DIR)/{} \;
 	install -D -m 0755 bin/dataportability-emulator $(DESTDIR)$(PREFIX)/bin/dataportability-emulator
 
+# ---- hardening (docs/hardening.md) ----
+# The sanitized core runs in build/asan/lua5.4 (fuzz/asan_lua.c), not in
+# lua5.4 with LD_PRELOAD, which every program the specs start would inherit.
+SAN_FLAGS   = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+              -fno-omit-frame-pointer -g -O1
+FUZZ_CC    ?= clang
+FUZZ_FLAGS  = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+              -fno-omit-frame-pointer -g -O1
+LUA_LIB_5.4 ?= -llua5.4
+# Where the response target finds cjson.so for Lua 5.4.
+FUZZ_CJSON_CPATH ?= /usr/lib/x86_64-linux-gnu/lua/5.4/?.so
+FUZZ_TARGETS = token_fuzz header_fuzz response_fuzz
+
+asan: build/asan/dataportability/core.so build/asan/lua5.4
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/%)
+
+build/asan/dataportability/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D) && echo "cc $@"
+	@$(CC) $(WARNINGS) $(SAN_FLAGS) -fPIC -shared -I$(LUA_INCDIR_5.4) $(CURL_CFLAGS) \
+		-o $@ $(SOURCES) $(CURL_LIBS) -lcrypto -pthread
+
+build/asan/lua5.4: fuzz/asan_lua.c
+	@mkdir -p $(@D) && echo "cc $@"
+	@$(CC) $(WARNINGS) $(SAN_FLAGS) -I$(LUA_INCDIR_5.4) -o $@ fuzz/asan_lua.c $(LUA_LIB_5.4)
+
+build/fuzz/token_fuzz: fuzz/token_fuzz.c csrc/token.c csrc/token.h
+	@mkdir -p $(@D) && echo "clang $@"
+	@$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) -Icsrc -o $@ fuzz/token_fuzz.c csrc/token.c
+
+# dp_keep_header lives in client.c, which needs Lua and libcurl: the whole
+# core is linked.
+build/fuzz/header_fuzz: fuzz/header_fuzz.c $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D) && echo "clang $@"
+	@$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) -Icsrc -I$(LUA_INCDIR_5.4) $(CURL_CFLAGS) -o $@ \
+		fuzz/header_fuzz.c $(SOURCES) $(CURL_LIBS) -lcrypto $(LUA_LIB_5.4) -pthread
+
+# lua/ and fuzz/response_fuzz.lua are read at run time, from this tree; the
+# core is linked in for the Lua layer to load.
+build/fuzz/response_fuzz: fuzz/response_fuzz.c $(SOURCES) $(HEADERS)
+	@mkdir -p $(@D) && echo "clang $@"
+	@$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) -Icsrc -I$(LUA_INCDIR_5.4) $(CURL_CFLAGS) \
+		-DDP_FUZZ_ROOT='"$(CURDIR)"' -DDP_CJSON_CPATH='"$(FUZZ_CJSON_CPATH)"' -o $@ \
+		fuzz/response_fuzz.c $(SOURCES) $(CURL_LIBS) -lcrypto $(LUA_LIB_5.4) -pthread
+
 clean:
 	rm -rf build
 
-.PHONY: all luajit matrix deps test demo install clean
+.PHONY: all luajit matrix deps test demo install clean asan fuzz
