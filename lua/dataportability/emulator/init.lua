@@ -184,6 +184,7 @@ authorityKeyIdentifier = keyid
     if not ok then return nil, "openssl failed: " .. out end
     return true
 end
+_M.make_certs = make_certs
 
 -- The emulator's http block: the API (and OAuth, and admin) on 127.0.0.1,
 -- plain HTTP on the first port, HTTPS with HTTP/2 on the second; the archive
