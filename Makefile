@@ -10,6 +10,9 @@
 #   make asan     the core for Lua 5.4 under ASan+UBSan, and a Lua 5.4 host
 #                 linked with them (build/asan); docs/hardening.md
 #   make fuzz     the libFuzzer targets in fuzz/ (clang; build/fuzz)
+#   make bench    install what is missing (Google's clients too), build the
+#                 matrix, run bench/run: every contender against one local
+#                 HTTPS server; writes bench/RESULTS.md
 #
 # Every path is overridable: make LUA_INCDIR_5.4=/opt/lua/include ...
 
@@ -53,6 +56,12 @@ test: deps matrix
 
 demo: deps all
 	@scripts/demo
+
+# Not part of make test: it takes minutes and wants an otherwise idle machine.
+bench: deps matrix
+	@if [ -x bench/google/install ]; then bench/google/install || \
+		echo "bench: bench/google/install failed: Google's clients will be 'not run'" >&2; fi
+	@bench/run
 
 install: all
 	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability
@@ -107,4 +116,4 @@ build/fuzz/response_fuzz: fuzz/response_fuzz.c $(SOURCES) $(HEADERS)
 clean:
 	rm -rf build
 
-.PHONY: all luajit matrix deps test demo install clean asan fuzz
+.PHONY: all luajit matrix deps test demo bench install clean asan fuzz
