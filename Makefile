@@ -32,7 +32,8 @@ LUA_VERSION   ?= 5.4
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_MODULE_DIR  ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
-SOURCES = csrc/core.c csrc/client.c csrc/crypto.c csrc/download.c csrc/multi.c csrc/token.c
+SOURCES = csrc/core.c csrc/client.c csrc/batch.c csrc/crypto.c csrc/download.c csrc/multi.c \
+          csrc/share.c csrc/token.c
 HEADERS = csrc/dp.h csrc/token.h
 
 all: build/lua5.4/dataportability/core.so

@@ -47,8 +47,8 @@ build = {
       ["dataportability.emulator.traffic"] = "lua/dataportability/emulator/traffic.lua",
       ["dataportability.core"] = {
          sources = {
-            "csrc/core.c", "csrc/client.c", "csrc/crypto.c", "csrc/download.c", "csrc/multi.c",
-            "csrc/token.c",
+            "csrc/core.c", "csrc/client.c", "csrc/batch.c", "csrc/crypto.c", "csrc/download.c",
+            "csrc/multi.c", "csrc/share.c", "csrc/token.c",
          },
          libraries = { "curl", "crypto", "pthread" },
          incdirs = { "$(CURL_INCDIR)" },

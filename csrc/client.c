@@ -163,32 +163,32 @@ static void read_options(lua_State *L, dp_options *o, dp_endpoint *ep)
         luaL_error(L, "option 'endpoint' %s", problem);
 }
 
-/* ---- libcurl callbacks: they never call into Lua ---- */
+/* ---- one transfer: libcurl's callbacks write into a dp_transfer ---- */
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
-    dp_client *c = ud;
+    dp_transfer *t = ud;
     size_t n = size * nmemb;
 
-    if (n > BODY_MAX - c->body_len) {
-        c->too_large = 1;
+    if (n > BODY_MAX - t->body_len) {
+        t->too_large = 1;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
-    if (c->body_len + n > c->body_cap) {
-        size_t cap = c->body_cap ? c->body_cap : 1024;
+    if (t->body_len + n > t->body_cap) {
+        size_t cap = t->body_cap ? t->body_cap : 1024;
         char *p;
-        while (cap < c->body_len + n)
+        while (cap < t->body_len + n)
             cap *= 2;
         if (cap > BODY_MAX)
             cap = BODY_MAX;
-        p = realloc(c->body, cap);
+        p = realloc(t->body, cap);
         if (p == NULL)
             return 0;
-        c->body = p;
-        c->body_cap = cap;
+        t->body = p;
+        t->body_cap = cap;
     }
-    memcpy(c->body + c->body_len, data, n);
-    c->body_len += n;
+    memcpy(t->body + t->body_len, data, n);
+    t->body_len += n;
     return n;
 }
 
@@ -209,18 +209,18 @@ void dp_keep_header(const char *line, size_t len, const char *name, char *out, s
 
 static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 {
-    dp_client *c = ud;
+    dp_transfer *t = ud;
     size_t n = size * nmemb;
 
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) { /* a new response (after 100 Continue) */
-        c->content_type[0] = '\0';
-        c->retry_after[0] = '\0';
-        c->headers_done = 0;
+        t->content_type[0] = '\0';
+        t->retry_after[0] = '\0';
+        t->headers_done = 0;
     }
     if ((n == 2 && line[0] == '\r' && line[1] == '\n') || (n == 1 && line[0] == '\n'))
-        c->headers_done = 1;
-    dp_keep_header(line, n, "content-type", c->content_type, sizeof c->content_type);
-    dp_keep_header(line, n, "retry-after", c->retry_after, sizeof c->retry_after);
+        t->headers_done = 1;
+    dp_keep_header(line, n, "content-type", t->content_type, sizeof t->content_type);
+    dp_keep_header(line, n, "retry-after", t->retry_after, sizeof t->retry_after);
     return n;
 }
 
@@ -229,14 +229,87 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
  * must know whether the server may have seen it. Nothing is printed. */
 static int on_debug(CURL *handle, curl_infotype type, char *data, size_t size, void *ud)
 {
-    dp_client *c = ud;
+    dp_transfer *t = ud;
 
     (void)handle;
     (void)data;
     (void)size;
     if (type == CURLINFO_HEADER_OUT)
-        c->sends++;
+        t->sends++;
     return 0;
+}
+
+CURLcode dp_transfer_bind(dp_transfer *t)
+{
+    CURLcode rc = curl_easy_setopt(t->curl, CURLOPT_WRITEFUNCTION, on_body);
+
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_WRITEDATA, (void *)t);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_HEADERFUNCTION, on_header);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_HEADERDATA, (void *)t);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_DEBUGFUNCTION, on_debug);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_DEBUGDATA, (void *)t);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_VERBOSE, 1L); /* feeds on_debug only */
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(t->curl, CURLOPT_ERRORBUFFER, t->errbuf);
+    return rc;
+}
+
+void dp_transfer_reset(dp_transfer *t)
+{
+    t->body_len = 0;
+    t->too_large = 0;
+    t->headers_done = 0;
+    t->sends = 0;
+    t->content_type[0] = t->retry_after[0] = t->errbuf[0] = '\0';
+}
+
+struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,
+                                       const char *token, size_t token_len)
+{
+    if (type != NULL) {
+        t->type_node.data = type;
+        t->type_node.next = headers;
+        headers = &t->type_node;
+    }
+    if (token != NULL) {
+        memcpy(t->auth, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
+        memcpy(t->auth + sizeof AUTH_PREFIX - 1, token, token_len);
+        t->auth[sizeof AUTH_PREFIX - 1 + token_len] = '\0';
+        t->auth_len = sizeof AUTH_PREFIX + token_len;
+        t->auth_node.data = t->auth;
+        t->auth_node.next = headers;
+        headers = &t->auth_node;
+    }
+    return headers;
+}
+
+void dp_transfer_wipe(dp_transfer *t)
+{
+    dp_wipe(t->auth, t->auth_len);
+    t->auth_len = 0;
+    if (t->body != NULL)
+        dp_wipe(t->body, t->body_len); /* token endpoints answer with secrets */
+    t->body_len = 0;
+}
+
+void dp_transfer_free(dp_transfer *t)
+{
+    if (t->curl != NULL)
+        curl_easy_cleanup(t->curl);
+    t->curl = NULL;
+    dp_wipe(t->auth, t->auth_len);
+    t->auth_len = 0;
+    if (t->body != NULL)
+        dp_wipe(t->body, t->body_cap);
+    free(t->body);
+    t->body = NULL;
+    t->body_len = t->body_cap = 0;
 }
 
 /* ---- lifecycle ---- */
@@ -253,12 +326,16 @@ static int l_close(lua_State *L)
 
     if (c->multi != NULL)
         dp_multi_cancel(L, c);
-    if (c->curl != NULL)
-        curl_easy_cleanup(c->curl);
-    c->curl = NULL;
+    dp_transfer_free(&c->req);
+    if (c->unshared != NULL)
+        curl_easy_cleanup(c->unshared);
+    c->unshared = NULL;
     if (c->download != NULL)
         curl_easy_cleanup(c->download);
     c->download = NULL;
+    if (c->share != NULL) /* after its last handle */
+        dp_share_release(c->share);
+    c->share = NULL;
     curl_slist_free_all(c->headers);
     c->headers = NULL;
     free(c->base);
@@ -270,18 +347,13 @@ static int l_close(lua_State *L)
     free(c->post);
     c->post = NULL;
     c->post_cap = c->post_len = 0;
-    if (c->body != NULL)
-        dp_wipe(c->body, c->body_cap);
-    free(c->body);
-    c->body = NULL;
-    c->body_len = c->body_cap = 0;
     return 0;
 }
 
 static int l_tostring(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
-    lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c, c->curl ? "" : " (closed)");
+    lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c, c->req.curl ? "" : " (closed)");
     return 1;
 }
 
@@ -296,7 +368,7 @@ static int add_header(dp_client *c, const char *header)
 
 #define SETOPT(opt, val)                                                     \
     do {                                                                     \
-        CURLcode rc_ = curl_easy_setopt(c->curl, opt, val);                  \
+        CURLcode rc_ = curl_easy_setopt(c->req.curl, opt, val);              \
         if (rc_ != CURLE_OK)                                                 \
             return luaL_error(L, "libcurl refused " #opt ": %s",             \
                               curl_easy_strerror(rc_));                      \
@@ -320,6 +392,7 @@ static int l_new(lua_State *L)
 
     read_options(L, &o, &ep);
     c->base = ep.base;
+    c->https = ep.https;
     c->loopback = ep.loopback;
     if (!add_header(c, "Accept: application/json") || !add_header(c, "Expect:"))
         return luaL_error(L, "out of memory");
@@ -329,9 +402,11 @@ static int l_new(lua_State *L)
             return luaL_error(L, "out of memory");
         lua_pop(L, 1);
     }
-    c->curl = curl_easy_init();
-    if (c->curl == NULL)
+    c->req.curl = curl_easy_init();
+    if (c->req.curl == NULL)
         return luaL_error(L, "curl_easy_init failed");
+    c->share = dp_share_acquire(L);
+    SETOPT(CURLOPT_SHARE, dp_share_handle(c->share));
 
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
     SETOPT(CURLOPT_PROTOCOLS_STR, ep.https ? "https" : "http");
@@ -362,15 +437,9 @@ static int l_new(lua_State *L)
     if (o.user_agent != NULL)
         SETOPT(CURLOPT_USERAGENT, o.user_agent);
     SETOPT(CURLOPT_HTTPHEADER, c->headers);
-    SETOPT(CURLOPT_ERRORBUFFER, c->errbuf);
-    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
-    SETOPT(CURLOPT_WRITEDATA, c);
-    SETOPT(CURLOPT_HEADERFUNCTION, on_header);
-    SETOPT(CURLOPT_HEADERDATA, c);
     SETOPT(CURLOPT_PRIVATE, (void *)c);
-    SETOPT(CURLOPT_DEBUGFUNCTION, on_debug);
-    SETOPT(CURLOPT_DEBUGDATA, (void *)c);
-    SETOPT(CURLOPT_VERBOSE, 1L); /* feeds on_debug only */
+    if (dp_transfer_bind(&c->req) != CURLE_OK)
+        return luaL_error(L, "libcurl refused the transfer's callbacks");
     return 1;
 }
 
@@ -412,7 +481,7 @@ int dp_fail(lua_State *L, const char *kind, const char *message)
     return 3;
 }
 
-const char *dp_kind_of(CURLcode rc, const dp_client *c)
+const char *dp_kind_of(CURLcode rc, const dp_transfer *t)
 {
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
@@ -425,7 +494,7 @@ const char *dp_kind_of(CURLcode rc, const dp_client *c)
     case CURLE_FILESIZE_EXCEEDED:
         return "too_large";
     case CURLE_WRITE_ERROR:
-        return c->too_large ? "too_large" : "network";
+        return t->too_large ? "too_large" : "network";
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -440,13 +509,13 @@ const char *dp_kind_of(CURLcode rc, const dp_client *c)
     }
 }
 
-static int valid_method(const char *m)
+int dp_valid_method(const char *m)
 {
     return strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 ||
            strcmp(m, "PATCH") == 0 || strcmp(m, "DELETE") == 0;
 }
 
-static int valid_path(const char *p, size_t len)
+int dp_valid_path(const char *p, size_t len)
 {
     size_t i;
 
@@ -458,10 +527,14 @@ static int valid_path(const char *p, size_t len)
     return 1;
 }
 
-static CURLcode set_url(dp_client *c, const char *path, size_t path_len)
+/* libcurl copies the URL: it is set again only when it changes. */
+CURLcode dp_client_set_url(dp_client *c, const char *path, size_t path_len)
 {
     size_t base_len = strlen(c->base), need = base_len + path_len + 1;
 
+    if (c->url_set && strcmp(c->url + base_len, path) == 0)
+        return CURLE_OK;
+    c->url_set = 0;
     if (need > c->url_cap) {
         char *p = realloc(c->url, need);
         if (p == NULL)
@@ -471,17 +544,37 @@ static CURLcode set_url(dp_client *c, const char *path, size_t path_len)
     }
     memcpy(c->url, c->base, base_len);
     memcpy(c->url + base_len, path, path_len + 1);
-    return curl_easy_setopt(c->curl, CURLOPT_URL, c->url);
+    c->url_set = curl_easy_setopt(c->req.curl, CURLOPT_URL, c->url) == CURLE_OK;
+    return c->url_set ? CURLE_OK : CURLE_OUT_OF_MEMORY;
 }
+
+int dp_client_swap(dp_client *c)
+{
+    CURL *h;
+
+    if (c->unshared == NULL) {
+        /* duphandle copies every option but the share */
+        c->unshared = curl_easy_duphandle(c->req.curl);
+        if (c->unshared == NULL)
+            return 0;
+    }
+    h = c->req.curl;
+    c->req.curl = c->unshared;
+    c->unshared = h;
+    c->url_set = 0;
+    return 1;
+}
+
+char dp_no_type[] = "Content-Type:"; /* drops libcurl's form type */
 
 /* The body is copied into the client: an asynchronous request outlives
  * the Lua string, and a form body may carry secrets, wiped on release. */
 static CURLcode set_method(dp_client *c, const char *method, const char *body, size_t body_len)
 {
-    CURLcode rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    CURLcode rc = curl_easy_setopt(c->req.curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
 
     if (rc == CURLE_OK && strcmp(method, "GET") == 0)
-        return curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
+        return curl_easy_setopt(c->req.curl, CURLOPT_HTTPGET, 1L);
     if (body_len + 1 > c->post_cap) {
         char *p = malloc(body_len + 1);
         if (p == NULL)
@@ -494,11 +587,11 @@ static CURLcode set_method(dp_client *c, const char *method, const char *body, s
     memcpy(c->post, body ? body : "", body_len);
     c->post_len = body_len;
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        rc = curl_easy_setopt(c->req.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, c->post);
+        rc = curl_easy_setopt(c->req.curl, CURLOPT_POSTFIELDS, c->post);
     if (rc == CURLE_OK && strcmp(method, "POST") != 0)
-        rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
+        rc = curl_easy_setopt(c->req.curl, CURLOPT_CUSTOMREQUEST, method);
     return rc;
 }
 
@@ -506,53 +599,37 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
 {
     static char json_type[] = "Content-Type: application/json";
     static char form_type[] = "Content-Type: application/x-www-form-urlencoded";
-    static char no_type[] = "Content-Type:"; /* drops libcurl's form type */
     const char *method = luaL_checkstring(L, arg);
     size_t path_len, token_len = 0, body_len = 0;
     const char *path = luaL_checklstring(L, arg + 1, &path_len);
     const char *token = luaL_optlstring(L, arg + 2, NULL, &token_len);
     const char *body = luaL_optlstring(L, arg + 3, NULL, &body_len);
     const char *form = luaL_optstring(L, arg + 4, "json");
-    struct curl_slist *headers = c->headers;
+    char *type = NULL;
     const char *problem;
     CURLcode rc;
 
-    luaL_argcheck(L, valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
-    luaL_argcheck(L, valid_path(path, path_len), arg + 1, "path must start with / and be printable ASCII");
+    luaL_argcheck(L, dp_valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
+    luaL_argcheck(L, dp_valid_path(path, path_len), arg + 1, "path must start with / and be printable ASCII");
     luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, arg + 3, "a GET has no body");
     luaL_argcheck(L, strcmp(form, "json") == 0 || strcmp(form, "form") == 0, arg + 4,
                   "body type must be 'json' or 'form'");
-    if (c->curl == NULL)
+    if (c->req.curl == NULL)
         return dp_fail(L, "closed", "client is closed");
     if (c->multi != NULL)
         return luaL_error(L, "client is busy with an asynchronous request");
     if (token != NULL && (problem = dp_token_problem(token, token_len)) != NULL)
         return dp_fail(L, "invalid_token", problem);
 
-    if (strcmp(method, "GET") != 0) {
-        c->type_node.data = body == NULL ? no_type : form[0] == 'f' ? form_type : json_type;
-        c->type_node.next = headers;
-        headers = &c->type_node;
-    }
-    if (token != NULL) {
-        memcpy(c->auth, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
-        memcpy(c->auth + sizeof AUTH_PREFIX - 1, token, token_len + 1);
-        c->auth_len = sizeof AUTH_PREFIX + token_len;
-        c->auth_node.data = c->auth;
-        c->auth_node.next = headers;
-        headers = &c->auth_node;
-    }
-    c->body_len = 0;
-    c->too_large = 0;
-    c->headers_done = 0;
-    c->sends = 0;
-    c->content_type[0] = c->retry_after[0] = c->errbuf[0] = '\0';
-
-    rc = set_url(c, path, path_len);
+    if (strcmp(method, "GET") != 0)
+        type = body == NULL ? dp_no_type : form[0] == 'f' ? form_type : json_type;
+    dp_transfer_reset(&c->req);
+    rc = dp_client_set_url(c, path, path_len);
     if (rc == CURLE_OK)
         rc = set_method(c, method, body, body_len);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
+        rc = curl_easy_setopt(c->req.curl, CURLOPT_HTTPHEADER,
+                              dp_transfer_headers(&c->req, c->headers, type, token, token_len));
     if (rc != CURLE_OK) {
         dp_client_release(c);
         return dp_fail(L, "network", curl_easy_strerror(rc));
@@ -564,49 +641,46 @@ void dp_client_release(dp_client *c)
 {
     /* Plain pointer options: libcurl cannot refuse them. The handle must
      * not keep pointers to the token or to a multi that may go away. */
-    if (c->curl != NULL) {
-        (void)curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
-        (void)curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
+    if (c->req.curl != NULL) {
+        (void)curl_easy_setopt(c->req.curl, CURLOPT_HTTPHEADER, c->headers);
+        (void)curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
     }
-    dp_wipe(c->auth, c->auth_len);
-    c->auth_len = 0;
+    dp_wipe(c->req.auth, c->req.auth_len);
+    c->req.auth_len = 0;
     dp_wipe(c->post, c->post_len);
     c->post_len = 0;
 }
 
-int dp_client_push_result(lua_State *L, dp_client *c, CURLcode rc)
+int dp_transfer_push(lua_State *L, dp_transfer *t, CURLcode rc)
 {
     long status = 0;
 
     if (rc == CURLE_OK)
-        rc = curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
-    if (rc == CURLE_OK && !c->headers_done) {
-        dp_wipe(c->body, c->body_len);
+        rc = curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &status);
+    if (rc == CURLE_OK && !t->headers_done) {
         dp_fail(L, "network", "the connection closed before the headers ended");
-        lua_pushinteger(L, c->sends);
-        return 4;
-    }
-    if (rc != CURLE_OK) {
-        const char *kind = dp_kind_of(rc, c);
-        dp_wipe(c->body, c->body_len);
+    } else if (rc != CURLE_OK) {
+        const char *kind = dp_kind_of(rc, t);
         if (strcmp(kind, "too_large") == 0)
             dp_fail(L, kind, "response body is larger than 1 MiB");
         else
-            dp_fail(L, kind, c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
-        lua_pushinteger(L, c->sends);
+            dp_fail(L, kind, t->errbuf[0] != '\0' ? t->errbuf : curl_easy_strerror(rc));
+    } else {
+        lua_pushinteger(L, status);
+        lua_pushlstring(L, t->body ? t->body : "", t->body_len);
+        if (t->content_type[0] != '\0')
+            lua_pushstring(L, t->content_type);
+        else
+            lua_pushnil(L);
+        if (t->retry_after[0] != '\0')
+            lua_pushstring(L, t->retry_after);
+        else
+            lua_pushnil(L);
+        dp_transfer_wipe(t);
         return 4;
     }
-    lua_pushinteger(L, status);
-    lua_pushlstring(L, c->body ? c->body : "", c->body_len);
-    dp_wipe(c->body, c->body_len); /* token endpoints answer with secrets */
-    if (c->content_type[0] != '\0')
-        lua_pushstring(L, c->content_type);
-    else
-        lua_pushnil(L);
-    if (c->retry_after[0] != '\0')
-        lua_pushstring(L, c->retry_after);
-    else
-        lua_pushnil(L);
+    lua_pushinteger(L, t->sends);
+    dp_transfer_wipe(t);
     return 4;
 }
 
@@ -622,9 +696,9 @@ static int l_request(lua_State *L)
 
     if (failed)
         return failed;
-    rc = curl_easy_perform(c->curl);
+    rc = curl_easy_perform(c->req.curl);
     dp_client_release(c);
-    return dp_client_push_result(L, c, rc);
+    return dp_transfer_push(L, &c->req, rc);
 }
 
 void dp_client_open(lua_State *L)

@@ -91,6 +91,7 @@ DP_EXPORT int luaopen_dataportability_core(lua_State *L)
     dp_setfuncs(L, funcs);
     dp_client_open(L);
     dp_download_open(L);
+    dp_batch_open(L);
     dp_crypto_open(L);
     dp_multi_open(L);
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);

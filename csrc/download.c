@@ -146,12 +146,14 @@ static CURLcode prepare(dp_client *c, dp_download *d, const char *url, int https
     CURLcode rc = CURLE_OK;
 
     if (c->download == NULL) {
-        c->download = curl_easy_duphandle(c->curl);
+        c->download = curl_easy_duphandle(c->req.curl);
         if (c->download == NULL)
             return CURLE_OUT_OF_MEMORY;
         /* None of the API's headers, no overall time limit (files may be
          * large), but a stalled transfer ends: under 1 byte/s for 60 s. */
         rc = curl_easy_setopt(c->download, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(c->download, CURLOPT_SHARE, dp_share_handle(c->share));
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(c->download, CURLOPT_TIMEOUT_MS, 0L);
         if (rc == CURLE_OK)
@@ -161,7 +163,7 @@ static CURLcode prepare(dp_client *c, dp_download *d, const char *url, int https
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(c->download, CURLOPT_LOW_SPEED_TIME, 60L);
         if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_ERRORBUFFER, c->errbuf);
+            rc = curl_easy_setopt(c->download, CURLOPT_ERRORBUFFER, c->req.errbuf);
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(c->download, CURLOPT_WRITEFUNCTION, on_data);
         if (rc == CURLE_OK)
@@ -259,8 +261,10 @@ static int l_download(lua_State *L)
         luaL_checktype(L, 4, LUA_TFUNCTION);
         d.progress = 4;
     }
-    if (c->curl == NULL)
+    if (c->req.curl == NULL)
         return dp_fail(L, "closed", "client is closed");
+    if (c->multi != NULL) /* its handle is the one download copies */
+        return luaL_error(L, "client is busy with an asynchronous request");
     /* The URL comes from the server: a bad one is an answer, not a bug. */
     if ((problem = check_url(url, c->loopback, &https)) != NULL) {
         lua_pushnil(L);
@@ -278,7 +282,7 @@ static int l_download(lua_State *L)
     }
     d.offset = (curl_off_t)at;
     snprintf(range, sizeof range, "%lld-", (long long)at);
-    c->errbuf[0] = '\0';
+    c->req.errbuf[0] = '\0';
     rc = prepare(c, &d, url, https, range);
     if (rc == CURLE_OK)
         rc = curl_easy_perform(c->download);
@@ -299,7 +303,8 @@ static int l_download(lua_State *L)
     if (d.failed_io)
         return dp_fail(L, "io", "writing the file failed");
     if (rc != CURLE_OK) {
-        dp_fail(L, dp_kind_of(rc, c), c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(rc));
+        dp_fail(L, dp_kind_of(rc, &c->req),
+                c->req.errbuf[0] != '\0' ? c->req.errbuf : curl_easy_strerror(rc));
         push_info(L, c, &d);
         return 4;
     }

@@ -112,7 +112,8 @@ static void unlink_client(dp_multi *m, dp_client *c)
 /* Takes c out of m: the request ends, its result is dropped. */
 static void detach(lua_State *L, dp_multi *m, dp_client *c)
 {
-    (void)curl_multi_remove_handle(m->handle, c->curl); /* cannot fail for a member */
+    (void)curl_multi_remove_handle(m->handle, c->req.curl); /* cannot fail for a member */
+    (void)dp_client_swap(c); /* back to the shared handle: nothing to make */
     unlink_client(m, c);
     dp_client_release(c);
     luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
@@ -175,23 +176,28 @@ static int l_add(lua_State *L)
 {
     dp_multi *m = check_open(L);
     dp_client *c = dp_check_client(L, 2);
-    int failed = dp_client_prepare(L, c, 3);
+    int failed;
     CURLcode rc;
     CURLMcode mrc;
 
-    if (failed)
+    /* Connections made here close through on_close_socket, which needs
+     * this multi: the request goes on the client's unshared handle. */
+    if (c->req.curl != NULL && c->multi == NULL && !dp_client_swap(c))
+        return dp_fail(L, "network", "out of memory");
+    failed = dp_client_prepare(L, c, 3);
+    if (failed) {
+        if (c->req.curl != NULL && c->multi == NULL)
+            (void)dp_client_swap(c);
         return failed;
-    rc = curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
-    if (rc != CURLE_OK) {
-        dp_client_release(c);
-        return dp_fail(L, "network", curl_easy_strerror(rc));
     }
-    mrc = curl_multi_add_handle(m->handle, c->curl);
-    if (mrc != CURLM_OK) {
+    rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
+    mrc = rc == CURLE_OK ? curl_multi_add_handle(m->handle, c->req.curl) : CURLM_OK;
+    if (rc != CURLE_OK || mrc != CURLM_OK) {
         dp_client_release(c);
-        return dp_fail(L, "network", curl_multi_strerror(mrc));
+        (void)dp_client_swap(c);
+        return dp_fail(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
     }
     lua_pushvalue(L, 2);
     c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -267,14 +273,16 @@ static int l_done(lua_State *L)
     while ((msg = curl_multi_info_read(m->handle, &left)) != NULL) {
         dp_client *c = NULL;
         CURLcode rc = msg->data.result;
+        int pushed;
 
         if (msg->msg != CURLMSG_DONE)
             continue;
         if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c) != CURLE_OK || c == NULL)
             return luaL_error(L, "a finished transfer has no client");
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+        pushed = dp_transfer_push(L, &c->req, rc); /* before detach swaps handles */
         detach(L, m, c);
-        return 1 + dp_client_push_result(L, c, rc);
+        return 1 + pushed;
     }
     return 0;
 }

@@ -118,11 +118,17 @@ end
 -- Kinds whose request surely never left: nothing reached the server.
 local UNSENT_KINDS = { dns = true, connect = true, invalid_token = true, closed = true }
 
+-- The answer of most calls: shared, never changed.
+local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 local function outcome(m, token, status, resp, content_type, retry_after)
     if not status then -- nothing usable came back: the kind, the message, the sends
         local kind, sends = resp, retry_after
         local sent = not UNSENT_KINDS[kind] and (sends == nil or sends > 0)
         return nil, errors.new(m.id, kind, content_type, { sent = sent })
+    end
+    if status >= 200 and status < 300 and (resp == "" or resp == "{}") then
+        return EMPTY
     end
     resp = errors.redact(resp, token)
     content_type = content_type and errors.redact(content_type, token)
@@ -130,9 +136,6 @@ local function outcome(m, token, status, resp, content_type, retry_after)
     if status < 200 or status >= 300 then
         local err = errors.from_response(m.id, status, resp, content_type, retry_after)
         return nil, errors.scrub(err, token) -- also what JSON escapes hid from redact
-    end
-    if resp == "" then
-        return {}
     end
     local doc = json.decode(resp)
     if type(doc) ~= "table" then
@@ -336,40 +339,35 @@ local function call_with(self, m, path, token, body)
     return doc, err
 end
 
--- Sends with send(cb), and again as retry.lua allows, waiting with
--- wait(seconds, cb) in between; then done(doc) or done(nil, err) with
--- err.attempts, and err.maybe_applied for a reset that probably took
--- effect on an attempt whose answer was lost.
-local function with_retries(self, m, send, wait, done)
-    local attempts, lost, started = 0, false, core.now()
-    local function attempt()
-        attempts = attempts + 1
-        send(function(doc, err)
-            if doc then return done(doc) end
-            err.attempts = attempts
-            if m.revokes and lost and err.status == "UNAUTHENTICATED" then
-                err.maybe_applied = true
-            end
-            lost = lost or (err.http_status == nil and err.sent == true)
-            local delay = attempts <= self.retries and retry.allowed(m.id, err)
-                and retry.delay(attempts, err, self.retry_max_delay)
-            if not delay or core.now() - started + delay > retry.MAX_TOTAL then
-                return done(nil, err)
-            end
-            if self.on_retry then
-                self.on_retry({ method = m.id, attempt = attempts, delay = delay, err = err })
-            end
-            wait(delay, attempt)
-        end)
+-- After a failed attempt (try.attempts of them so far): marks err with
+-- the attempts, and maybe_applied for a reset that probably took effect
+-- on an attempt whose answer was lost; returns the wait before sending
+-- again, as retry.lua allows, or nil.
+local function judge(self, m, try, err)
+    err.attempts = try.attempts
+    if m.revokes and try.lost and err.status == "UNAUTHENTICATED" then
+        err.maybe_applied = true
     end
-    attempt()
+    try.lost = try.lost or (err.http_status == nil and err.sent == true)
+    local delay = try.attempts <= self.retries and retry.allowed(m.id, err)
+        and retry.delay(try.attempts, err, self.retry_max_delay)
+    if not delay or core.now() - try.started + delay > retry.MAX_TOTAL then
+        return nil
+    end
+    if self.on_retry then
+        self.on_retry({ method = m.id, attempt = try.attempts, delay = delay, err = err })
+    end
+    return delay
+end
+
+local function new_try(started)
+    return { attempts = 1, lost = false, started = started }
 end
 
 -- Blocking waits; in nginx they yield to its event loop.
-local function sleep(seconds, cb)
+local function sleep(seconds)
     local ngx = rawget(_G, "ngx")
     if type(ngx) == "table" and ngx.sleep then ngx.sleep(seconds) else core.sleep(seconds) end
-    cb()
 end
 
 for name, m in pairs(API) do
@@ -378,9 +376,19 @@ for name, m in pairs(API) do
         check_args(m, name, ...)
         local path, body = build(m, ...)
         if not path then return nil, body end
-        local doc, err
-        with_retries(self, m, function(cb) cb(call_with(self, m, path, token, body)) end, sleep,
-            function(d, e) doc, err = d, e end)
+        local started = core.now()
+        local doc, err = call_with(self, m, path, token, body)
+        if not doc then -- tables for the retries only when one fails
+            local try = new_try(started)
+            local delay = judge(self, m, try, err)
+            while delay do
+                sleep(delay)
+                try.attempts = try.attempts + 1
+                doc, err = call_with(self, m, path, token, body)
+                if doc then break end
+                delay = judge(self, m, try, err)
+            end
+        end
         return result(m, doc, err)
     end
 
@@ -407,10 +415,86 @@ for name, m in pairs(API) do
         if not path then -- refused before any I/O: body is the error
             return call_async(self, m, nil, token, body, function(_, err) callback(nil, err) end)
         end
-        with_retries(self, m, function(cb) call_async(self, m, path, token, body, cb) end,
-            function(seconds, cb) self.driver:after(seconds, cb) end,
-            function(doc, err) callback(result(m, doc, err)) end)
+        local try = new_try(core.now())
+        local function attempt()
+            call_async(self, m, path, token, body, function(doc, err)
+                local delay = not doc and judge(self, m, try, err)
+                if not delay then return callback(result(m, doc, err)) end
+                try.attempts = try.attempts + 1
+                self.driver:after(delay, attempt)
+            end)
+        end
+        attempt()
     end
+end
+
+local MANY_OPTIONS = { concurrency = "number", on_result = "function" }
+
+--- client:reset_many(tokens [, opts]) -> results, failed: resets every
+--- token of the list, opts.concurrency (32) at a time; results[i] is true
+--- or an error table with .index = i; opts.on_result(i, ok, err) as each
+--- ends. Retryable failures are sent again, together, after the longest
+--- wait any of them asks for.
+function Client:reset_many(tokens, opts)
+    if type(tokens) ~= "table" then
+        error(format("bad argument #1 to 'reset_many' (table of token strings expected, got %s)",
+            type(tokens)), 2)
+    end
+    for i = 1, #tokens do
+        if type(tokens[i]) ~= "string" then
+            error(format("bad argument #1 to 'reset_many' (tokens[%d] is a %s, not a string)", i,
+                type(tokens[i])), 2)
+        end
+    end
+    opts = opts or EMPTY
+    for k, v in pairs(opts) do
+        if type(v) ~= MANY_OPTIONS[k] then
+            error(format("reset_many: %s '%s'", MANY_OPTIONS[k] and "bad type for option" or "unknown option",
+                tostring(k)), 2)
+        end
+    end
+    local concurrency = opts.concurrency or 32
+    if concurrency < 1 or concurrency > 1000 or concurrency % 1 ~= 0 then
+        error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 2)
+    end
+    local m, on_result, started = API.reset, opts.on_result, core.now()
+    local path = m.build()
+    local results, failed, tries = {}, 0, {}
+    local round, positions = tokens, nil -- positions[k]: the index of round[k] in tokens
+    while round[1] do
+        local again, again_at, wait = {}, {}, 0
+        local function done(k, ...)
+            local i = positions and positions[k] or k
+            local doc, err = outcome(m, round[k], ...)
+            if doc then
+                results[i] = true
+                if tries[i] then failed = failed - 1 end
+                if on_result then on_result(i, true) end
+                return
+            end
+            err.index = i
+            if not tries[i] then
+                tries[i] = new_try(started)
+                failed = failed + 1
+            end
+            results[i] = err
+            local delay = judge(self, m, tries[i], err)
+            if delay then
+                tries[i].attempts = tries[i].attempts + 1
+                again[#again + 1], again_at[#again + 1] = round[k], i
+                if delay > wait then wait = delay end
+            elseif on_result then
+                on_result(i, false, err)
+            end
+        end
+        local _, kind, message = self.transport:many(m.http, path, round, concurrency, done)
+        if kind then -- the client is closed: nothing was sent
+            for k = 1, #round do done(k, nil, kind, message, 0) end
+        end
+        if again[1] then sleep(wait) end
+        round, positions = again, again_at
+    end
+    return results, failed
 end
 
 --- client:export(token, resources, opts) -> result | nil, err: the whole

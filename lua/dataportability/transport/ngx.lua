@@ -291,4 +291,29 @@ function T:request(method, path, token, body, body_type)
     return status, resp, content_type, retry_after
 end
 
+--- t:many(method, path, tokens, concurrency, on_done): as the C core's
+--- (csrc/batch.c), with `concurrency` light threads, each on a connection
+--- of its own from the pool.
+function T:many(method, path, tokens, concurrency, on_done)
+    if self.closed then return nil, "closed", "client is closed" end
+    local n, taken, threads = #tokens, 0, {}
+    local function work()
+        while taken < n do
+            taken = taken + 1
+            local i = taken
+            on_done(i, self:request(method, path, tokens[i]))
+        end
+    end
+    for t = 1, min(concurrency, n) do
+        threads[t] = ngx.thread.spawn(work)
+    end
+    for t = 1, #threads do
+        local ok, err = ngx.thread.wait(threads[t])
+        if not ok then -- on_done raised: the batch stops
+            for u = t + 1, #threads do ngx.thread.kill(threads[u]) end
+            error(err, 0)
+        end
+    end
+end
+
 return _M

@@ -1,0 +1,243 @@
+/* client:many: one bodiless POST per token, up to `concurrency` at once,
+ * through libcurl's multi interface. Over HTTPS the transfers ask for
+ * HTTP/2 and wait for one connection to multiplex on (PIPEWAIT); where the
+ * server offers only HTTP/1.1 each slot keeps its own connection alive.
+ * The connections land in the state's shared cache (share.c), so the next
+ * batch or call starts warm. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp.h"
+
+#define DP_BATCH_MT "dataportability.batch"
+
+typedef struct {
+    dp_transfer t;
+    lua_Integer index; /* the token's position in the list; 0: idle */
+} dp_slot;
+
+typedef struct {
+    CURLM *multi;
+    dp_slot *slots;
+    int nslots;
+} dp_batch;
+
+#if LUA_VERSION_NUM >= 502
+#define dp_rawlen lua_rawlen
+#else
+#define dp_rawlen lua_objlen
+#endif
+
+/* Idempotent: also the __gc of a batch left behind by a raise. */
+static void free_batch(dp_batch *b)
+{
+    int i;
+
+    for (i = 0; i < b->nslots; i++) {
+        if (b->slots[i].index != 0)
+            (void)curl_multi_remove_handle(b->multi, b->slots[i].t.curl);
+        dp_transfer_free(&b->slots[i].t);
+    }
+    free(b->slots);
+    b->slots = NULL;
+    b->nslots = 0;
+    if (b->multi != NULL)
+        (void)curl_multi_cleanup(b->multi);
+    b->multi = NULL;
+}
+
+static int l_batch_gc(lua_State *L)
+{
+    free_batch(luaL_checkudata(L, 1, DP_BATCH_MT));
+    return 0;
+}
+
+/* A slot's handle: the client's options, its own callbacks' data, HTTP/2
+ * where TLS lets the server choose it. */
+static CURLcode new_slot(dp_client *c, dp_slot *s)
+{
+    CURLcode rc;
+
+    s->t.curl = curl_easy_duphandle(c->req.curl);
+    if (s->t.curl == NULL)
+        return CURLE_OUT_OF_MEMORY;
+    rc = dp_transfer_bind(&s->t);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_PRIVATE, (void *)s);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_SHARE, dp_share_handle(c->share));
+    if (rc == CURLE_OK && c->https)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_PIPEWAIT, 1L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_POSTFIELDSIZE, 0L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_POSTFIELDS, "");
+    return rc;
+}
+
+/* on_done(index, ...): push_outcome pushes the rest and returns their
+ * number. A raise in on_done is left on the stack, and raised again once
+ * the batch is down. Returns the pcall status. */
+static void report_to(lua_State *L, lua_Integer index)
+{
+    lua_pushvalue(L, 6);
+    lua_pushinteger(L, index);
+}
+
+static int report(lua_State *L, int nargs)
+{
+    return lua_pcall(L, nargs + 1, 0, 0);
+}
+
+/* Starts the token at `index` in slot s; an invalid one is reported at
+ * once, never sent. Returns 0, or a pcall status. */
+static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Integer index)
+{
+    size_t len;
+    const char *token, *problem;
+    CURLcode rc;
+    CURLMcode mrc;
+
+    lua_rawgeti(L, 4, (int)index);
+    token = lua_tolstring(L, -1, &len);
+    if (token == NULL)
+        return luaL_error(L, "tokens[%d] is a %s, not a string", (int)index, luaL_typename(L, -1));
+    problem = dp_token_problem(token, len);
+    if (problem != NULL) {
+        lua_pop(L, 1);
+        report_to(L, index);
+        return report(L, dp_fail(L, "invalid_token", problem));
+    }
+    dp_transfer_reset(&s->t);
+    rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER,
+                          dp_transfer_headers(&s->t, c->headers, dp_no_type, token, len));
+    lua_pop(L, 1);
+    mrc = rc == CURLE_OK ? curl_multi_add_handle(b->multi, s->t.curl) : CURLM_OK;
+    if (rc != CURLE_OK || mrc != CURLM_OK) {
+        dp_transfer_wipe(&s->t);
+        report_to(L, index);
+        return report(L, dp_fail(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc)
+                                                             : curl_multi_strerror(mrc)));
+    }
+    s->index = index;
+    return 0;
+}
+
+/* Reports the transfers that ended; *ended counts them. Returns 0, or a
+ * pcall status. */
+static int finish(lua_State *L, dp_batch *b, int *ended)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(b->multi, &left)) != NULL) {
+        dp_slot *s = NULL;
+        lua_Integer index;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) != CURLE_OK || s == NULL)
+            return luaL_error(L, "a finished transfer has no slot");
+        (void)curl_multi_remove_handle(b->multi, s->t.curl); /* cannot fail for a member */
+        (void)curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+        index = s->index;
+        s->index = 0;
+        (*ended)++;
+        report_to(L, index);
+        if (report(L, dp_transfer_push(L, &s->t, msg->data.result)) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* client:many(method, path, tokens, concurrency, on_done)
+ *   on_done(i, status, body, content_type, retry_after) or
+ *   on_done(i, nil, kind, message, sends) for each tokens[i], as the
+ *   transfers end. An error raised by on_done stops the batch and is
+ *   raised again. */
+static int l_many(lua_State *L)
+{
+    dp_client *c = dp_check_client(L, 1);
+    const char *method = luaL_checkstring(L, 2);
+    size_t path_len;
+    const char *path = luaL_checklstring(L, 3, &path_len);
+    lua_Integer concurrency = luaL_checkinteger(L, 5);
+    lua_Integer n, next = 1;
+    dp_batch *b;
+    int i, running = 0, failed = 0;
+    CURLMcode mrc = CURLM_OK;
+
+    luaL_argcheck(L, strcmp(method, "POST") == 0, 2, "a batch sends POST");
+    luaL_argcheck(L, dp_valid_path(path, path_len), 3, "path must start with / and be printable ASCII");
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_argcheck(L, concurrency >= 1 && concurrency <= 1000, 5, "concurrency must be in [1, 1000]");
+    luaL_checktype(L, 6, LUA_TFUNCTION);
+    lua_settop(L, 6);
+    if (c->req.curl == NULL)
+        return dp_fail(L, "closed", "client is closed");
+    if (c->multi != NULL)
+        return luaL_error(L, "client is busy with an asynchronous request");
+    n = (lua_Integer)dp_rawlen(L, 4);
+    if (n == 0)
+        return 0;
+    if (concurrency > n)
+        concurrency = n;
+    if (dp_client_set_url(c, path, path_len) != CURLE_OK) /* the slots copy it */
+        return luaL_error(L, "out of memory");
+
+    b = lua_newuserdata(L, sizeof *b); /* index 7: freed by __gc after a raise */
+    memset(b, 0, sizeof *b);
+    luaL_getmetatable(L, DP_BATCH_MT);
+    lua_setmetatable(L, -2);
+    b->multi = curl_multi_init();
+    b->slots = calloc((size_t)concurrency, sizeof *b->slots);
+    if (b->multi == NULL || b->slots == NULL)
+        return luaL_error(L, "out of memory");
+    b->nslots = (int)concurrency;
+    if (curl_multi_setopt(b->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX) != CURLM_OK)
+        return luaL_error(L, "libcurl cannot multiplex");
+    for (i = 0; i < b->nslots; i++)
+        if (new_slot(c, &b->slots[i]) != CURLE_OK)
+            return luaL_error(L, "libcurl refused a transfer's options");
+
+    while (!failed && mrc == CURLM_OK && (running > 0 || next <= n)) {
+        int ended = 0;
+
+        for (i = 0; i < b->nslots && next <= n && !failed; i++)
+            if (b->slots[i].index == 0)
+                failed = start(L, c, b, &b->slots[i], next++);
+        if (!failed)
+            mrc = curl_multi_perform(b->multi, &running);
+        if (!failed && mrc == CURLM_OK)
+            failed = finish(L, b, &ended);
+        /* A slot freed: fill it before waiting. */
+        if (!failed && mrc == CURLM_OK && ended == 0 && running > 0)
+            mrc = curl_multi_poll(b->multi, NULL, 0, 1000, NULL);
+    }
+    free_batch(b);
+    if (failed) /* on_done's error is on top */
+        return lua_error(L);
+    if (mrc != CURLM_OK)
+        return luaL_error(L, "libcurl's multi interface failed: %s", curl_multi_strerror(mrc));
+    return 0;
+}
+
+void dp_batch_open(lua_State *L)
+{
+    static const luaL_Reg meta[] = {
+        {"__gc", l_batch_gc},
+        {NULL, NULL}
+    };
+    static const luaL_Reg none[] = {{NULL, NULL}};
+
+    dp_new_type(L, DP_BATCH_MT, meta, none);
+    luaL_getmetatable(L, DP_CLIENT_MT);
+    lua_getfield(L, -1, "__index");
+    lua_pushcfunction(L, l_many);
+    lua_setfield(L, -2, "many");
+    lua_pop(L, 2);
+}
