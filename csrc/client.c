@@ -226,17 +226,18 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 
 /* Counts the times a request really goes out: libcurl sends a request
  * again on a new connection when a reused one turns out dead, and a retry
- * must know whether the server may have seen it. Nothing is printed. */
-static int on_debug(CURL *handle, curl_infotype type, char *data, size_t size, void *ud)
+ * must know whether the server may have seen it. libcurl calls this right
+ * before each send, the silent one included. */
+static int on_send(void *ud, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
     dp_transfer *t = ud;
 
-    (void)handle;
-    (void)data;
-    (void)size;
-    if (type == CURLINFO_HEADER_OUT)
-        t->sends++;
-    return 0;
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    t->sends++;
+    return CURL_PREREQFUNC_OK;
 }
 
 CURLcode dp_transfer_bind(dp_transfer *t)
@@ -250,11 +251,9 @@ CURLcode dp_transfer_bind(dp_transfer *t)
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(t->curl, CURLOPT_HEADERDATA, (void *)t);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_DEBUGFUNCTION, on_debug);
+        rc = curl_easy_setopt(t->curl, CURLOPT_PREREQFUNCTION, on_send);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_DEBUGDATA, (void *)t);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_VERBOSE, 1L); /* feeds on_debug only */
+        rc = curl_easy_setopt(t->curl, CURLOPT_PREREQDATA, (void *)t);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(t->curl, CURLOPT_ERRORBUFFER, t->errbuf);
     return rc;

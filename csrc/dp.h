@@ -8,6 +8,10 @@
 
 #include "token.h"
 
+#if LIBCURL_VERSION_NUM < 0x075000
+#error "dataportability needs libcurl 7.80 or later (CURLOPT_PREREQFUNCTION)"
+#endif
+
 #define DP_CLIENT_MT "dataportability.client"
 #define DP_MULTI_MT "dataportability.multi"
 #define AUTH_PREFIX "Authorization: Bearer "

@@ -2,7 +2,9 @@
  * handle, reused for every call (one kept-alive HTTP/1.1 connection), each
  * call a POST with no body to URL/v1/authorization:reset carrying
  * "Authorization: Bearer bench-token-<i>" in a header list built the
- * ordinary way. Every libcurl return is checked.
+ * ordinary way. The request's other headers are the module's (User-Agent,
+ * Accept), so that both put the same bytes on the wire. Every libcurl
+ * return is checked.
  *
  *   loop URL CA COUNT
  *   -> {"client":"c-loop","calls":N,"ok":K,"seconds":S}
@@ -80,6 +82,7 @@ int main(int argc, char **argv)
     struct body body = {NULL, 0, 0};
     SETOPT(h, CURLOPT_URL, url);
     SETOPT(h, CURLOPT_CAINFO, ca);
+    SETOPT(h, CURLOPT_USERAGENT, "dataportability-lua/0.1.0");
     SETOPT(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SETOPT(h, CURLOPT_POST, 1L);
     SETOPT(h, CURLOPT_POSTFIELDS, "");
@@ -95,8 +98,11 @@ int main(int argc, char **argv)
         char header[128];
         snprintf(header, sizeof header, "Authorization: Bearer bench-token-%ld", i);
         struct curl_slist *headers = curl_slist_append(NULL, header);
-        if (!headers)
+        struct curl_slist *more = headers ? curl_slist_append(headers, "Accept: application/json") : NULL;
+        if (!more) {
+            curl_slist_free_all(headers);
             return die("curl_slist_append", "out of memory");
+        }
         SETOPT(h, CURLOPT_HTTPHEADER, headers);
         body.len = 0;
         rc = curl_easy_perform(h);

@@ -1,7 +1,8 @@
 /* The concurrent baseline: the libcurl multi interface over HTTP/2, COUNT
  * resets (POST with no body to URL/v1/authorization:reset, "Authorization:
- * Bearer bench-token-<i>") with at most CONCURRENCY in flight, multiplexed
- * on one connection. A finished easy handle is reused for the next token.
+ * Bearer bench-token-<i>", and the module's User-Agent and Accept) with at
+ * most CONCURRENCY in flight, multiplexed on one connection. A finished easy
+ * handle is reused for the next token.
  * Every libcurl return is checked.
  *
  *   multi URL CA COUNT CONCURRENCY
@@ -71,6 +72,7 @@ static int setup(struct transfer *t, const char *url, const char *ca)
         return die("curl_easy_init", "failed");
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_URL, url));
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_CAINFO, ca));
+    CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_USERAGENT, "dataportability-lua/0.1.0"));
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS));
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L));
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_POST, 1L));
@@ -90,7 +92,7 @@ static int start(CURLM *multi, struct transfer *t, long i)
     char header[128];
     snprintf(header, sizeof header, "Authorization: Bearer bench-token-%ld", i);
     t->headers = curl_slist_append(NULL, header);
-    if (!t->headers)
+    if (!t->headers || !curl_slist_append(t->headers, "Accept: application/json"))
         return die("curl_slist_append", "out of memory");
     CHECK_EASY(curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers));
     t->len = 0;
