@@ -106,7 +106,11 @@ describe("reset_many", function()
         emu:set_fault({ action = "status", status = 503, count = 3, path = RESET })
         local retried = 0
         local c = dp.new(helpers.https(emu, {
-            retries = 2, on_retry = function(info) retried = retried + 1; assert.equals(503, info.err.http_status) end,
+            retries = 2,
+            on_retry = function(info)
+                retried = retried + 1
+                assert.equals(503, info.err.http_status)
+            end,
         }))
         local results, failed = c:reset_many(registered_list(emu, 6), { concurrency = 6 })
         c:close()

@@ -156,6 +156,27 @@ describe("OpenResty: the ngx transport #host", function()
             assert.are_not.equal(log[2].connection, log[3].connection)
         end)
 
+        it("reset_many runs `concurrency` light threads and keeps input order", function()
+            local tokens = {}
+            for i = 1, 6 do tokens[i] = registered() end
+            local unknown = helpers.token()
+            used[#used + 1] = unknown
+            tokens[7] = unknown
+            emu:set_fault({ action = "delay", seconds = 0.6, count = 7 })
+            local r = case("many", table.concat(tokens, ","))
+            assert.equals(2, r.failed)
+            for i = 1, 6 do assert.is_true(r.results[i].ok) end
+            assert.equals(401, r.results[7].http_status)
+            assert.equals(7, r.results[7].index)
+            assert.equals("invalid_token", r.results[8].kind)
+            local at = {}
+            for i, req in ipairs(emu:requests()) do at[i] = req.time end
+            table.sort(at)
+            assert.equals(7, #at)
+            assert.is_true(at[3] - at[1] < 0.5, "three were sent together")
+            assert.is_true(at[4] - at[1] >= 0.5, "the fourth waited for a thread")
+        end)
+
         it("light threads share a client; the resend skips other idle connections", function()
             local r = case("threads", registered(), { admin = emu.endpoint })
             assert.equals(200, r.fault)

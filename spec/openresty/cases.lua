@@ -66,6 +66,23 @@ function CASES.two()
     return { first = first, second = second, third = third, tostring = before, closed = tostring(c) }
 end
 
+-- reset_many on light threads: the tokens come comma-separated in the one
+-- Authorization header, and one that is not a token is added.
+function CASES.many()
+    local tokens = {}
+    for t in token():gmatch("[^,]+") do tokens[#tokens + 1] = t end
+    tokens[#tokens + 1] = "not a token"
+    local c = dp.new(options())
+    local results, failed = c:reset_many(tokens, { concurrency = 3 })
+    c:close()
+    local out = {}
+    for i, r in ipairs(results) do
+        out[i] = result(r == true, r)
+        out[i].index = r ~= true and r.index or nil
+    end
+    return { results = out, failed = failed }
+end
+
 -- Two light threads share one client (two connections, both pooled); then
 -- the emulator drops the next request: the resend skips the other idle
 -- connection and opens a new one.
