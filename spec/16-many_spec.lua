@@ -188,6 +188,45 @@ describe("reset_many", function()
     end)
 end)
 
+describe("the per-call path", function()
+    local emu
+
+    lazy_setup(function() emu = helpers.start() end)
+    lazy_teardown(function() helpers.stop(emu) end)
+
+    -- With the collector stopped, the heap grows by what the calls allocate.
+    local function heap_growth(f)
+        collectgarbage("collect")
+        collectgarbage("stop")
+        local before = collectgarbage("count")
+        f()
+        local grown = (collectgarbage("count") - before) * 1024
+        collectgarbage("restart")
+        return grown
+    end
+
+    it("allocates no Lua table or closure for a successful reset", function()
+        local tokens = registered_list(emu, 210)
+        local c = dp.new(helpers.https(emu))
+        for i = 1, 10 do assert.is_true(c:reset(tokens[i])) end
+        local grown = heap_growth(function()
+            for i = 11, 210 do assert(c:reset(tokens[i]) == true) end
+        end)
+        c:close()
+        assert.is_true(grown / 200 < 32, ("%.1f bytes per call"):format(grown / 200))
+    end)
+
+    it("allocates little more than the results for reset_many", function()
+        local tokens = registered_list(emu, 200)
+        local c = dp.new(helpers.https(emu))
+        local results
+        local grown = heap_growth(function() results = c:reset_many(tokens) end)
+        c:close()
+        assert.equals(200, #results)
+        assert.is_true(grown / 200 < 64, ("%.1f bytes per token"):format(grown / 200))
+    end)
+end)
+
 describe("clients of one Lua state", function()
     local emu
 

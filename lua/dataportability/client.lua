@@ -127,7 +127,7 @@ local function outcome(m, token, status, resp, content_type, retry_after)
         local sent = not UNSENT_KINDS[kind] and (sends == nil or sends > 0)
         return nil, errors.new(m.id, kind, content_type, { sent = sent })
     end
-    if status >= 200 and status < 300 and (resp == "" or resp == "{}") then
+    if status >= 200 and status < 300 and (resp == "" or find(resp, "^%s*{%s*}%s*$")) then
         return EMPTY
     end
     resp = errors.redact(resp, token)
