@@ -246,6 +246,21 @@ describe("clients of one Lua state", function()
         assert.equals(3, log[3].connection_requests)
     end)
 
+    it("share TLS sessions: a new connection of another client resumes one", function()
+        local a = dp.new(helpers.https(emu))
+        assert.is_true(a:reset(helpers.registered(emu)))
+        emu:set_fault({ action = "drop", count = 2, path = RESET }) -- the request, and libcurl's resend
+        assert.equals("network", select(2, a:reset(helpers.registered(emu))).kind)
+        a:close()
+        local b = dp.new(helpers.https(emu))
+        assert.is_true(b:reset(helpers.registered(emu)))
+        b:close()
+        local log = emu:requests()
+        assert.equals(4, #log)
+        assert.is_true(log[4].tls_resumed)
+        assert.are_not.equal(log[3].connection, log[4].connection)
+    end)
+
     it("do not share with a client that trusts another CA", function()
         local other = helpers.tmpdir() .. "/ca.pem"
         helpers.write(other, helpers.read(emu.ca_file)) -- the same CA, another file

@@ -53,6 +53,7 @@ function _M.log(body, form)
         connection = tonumber(ngx.var.connection),
         connection_requests = tonumber(ngx.var.connection_requests),
         protocol = ngx.var.server_protocol, scheme = ngx.var.scheme, time = ngx.now(),
+        tls_resumed = ngx.var.https == "on" and ngx.var.ssl_session_reused == "r" or nil,
     })
     -- entries live under sequence-number keys "first".."last"
     local log = ngx.shared.dp_log
