@@ -79,9 +79,10 @@ static CURLcode new_slot(dp_client *c, dp_slot *s)
     return rc;
 }
 
-/* on_done(index, ...): push_outcome pushes the rest and returns their
- * number. A raise in on_done is left on the stack, and raised again once
- * the batch is down. Returns the pcall status. */
+/* on_done(index, ...): report_to pushes on_done and the index, the caller
+ * the outcome, and report calls it with nargs values of outcome. A raise
+ * in on_done is left on the stack, and raised again once the batch is
+ * down. report returns the pcall status. */
 static void report_to(lua_State *L, lua_Integer index)
 {
     lua_pushvalue(L, 6);
@@ -103,9 +104,9 @@ static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Intege
     CURLMcode mrc;
 
     lua_rawgeti(L, 4, (int)index);
-    token = lua_tolstring(L, -1, &len);
-    if (token == NULL)
+    if (lua_type(L, -1) != LUA_TSTRING) /* the Lua layer checked: a bug */
         return luaL_error(L, "tokens[%d] is a %s, not a string", (int)index, luaL_typename(L, -1));
+    token = lua_tolstring(L, -1, &len);
     problem = dp_token_problem(token, len);
     if (problem != NULL) {
         lua_pop(L, 1);

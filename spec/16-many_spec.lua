@@ -176,6 +176,8 @@ describe("reset_many", function()
             "bad argument #1 to 'reset_many' (table of token strings expected, got string)")
         assert.has_error(function() c:reset_many({ "a", 7 }) end,
             "bad argument #1 to 'reset_many' (tokens[2] is a number, not a string)")
+        assert.has_error(function() c:reset_many({}, 32) end,
+            "bad argument #2 to 'reset_many' (options table expected, got number)")
         assert.has_error(function() c:reset_many({}, { concurency = 2 }) end,
             "reset_many: unknown option 'concurency'")
         assert.has_error(function() c:reset_many({}, { on_result = true }) end,

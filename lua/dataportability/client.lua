@@ -446,6 +446,9 @@ function Client:reset_many(tokens, opts)
                 type(tokens[i])), 2)
         end
     end
+    if opts ~= nil and type(opts) ~= "table" then
+        error(format("bad argument #2 to 'reset_many' (options table expected, got %s)", type(opts)), 2)
+    end
     opts = opts or EMPTY
     for k, v in pairs(opts) do
         if type(v) ~= MANY_OPTIONS[k] then
@@ -457,7 +460,7 @@ function Client:reset_many(tokens, opts)
     if concurrency < 1 or concurrency > 1000 or concurrency % 1 ~= 0 then
         error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 2)
     end
-    local m, on_result, started = API.reset, opts.on_result, core.now()
+    local m, on_result = API.reset, opts.on_result
     local path = m.build()
     local results, failed, tries = {}, 0, {}
     local round, positions = tokens, nil -- positions[k]: the index of round[k] in tokens
@@ -473,8 +476,8 @@ function Client:reset_many(tokens, opts)
                 return
             end
             err.index = i
-            if not tries[i] then
-                tries[i] = new_try(started)
+            if not tries[i] then -- its first failure: about when it was sent, in a long batch
+                tries[i] = new_try(core.now())
                 failed = failed + 1
             end
             results[i] = err
