@@ -1,7 +1,8 @@
 /* Embedding test: several Lua states in one process, on several threads at
  * once, each loading dataportability and resetting tokens against the
- * emulator over HTTPS; then states closed and opened again. libcurl's global
- * initialisation must happen once and safely. Prints "N passed, M failed".
+ * emulator over HTTPS, with reset and reset_many; then states closed, one
+ * client still open, and opened again. libcurl's global initialisation must
+ * happen once and safely. Prints "N passed, M failed".
  *
  * Environment: DATAPORTABILITY_EMULATOR_HOST, DATAPORTABILITY_EMULATOR_HTTPS,
  * DATAPORTABILITY_EMULATOR_CA (from `dataportability-emulator start`),
@@ -30,7 +31,17 @@ static const char *script =
     "  local ok, err = c:reset(token)\n"
     "  assert(ok == nil and err.http_status == 401, 'second reset must be 401')\n"
     "end\n"
-    "c:close()\n";
+    "c:close()\n"
+    "local many = {}\n"
+    "for i = 1, 5 do\n"
+    "  many[i] = ('ya29.embed-many-%s-%d'):format(id, i)\n"
+    "  emu:add_token(many[i], {'https://www.googleapis.com/auth/dataportability.myactivity.youtube'})\n"
+    "end\n"
+    "local kept = dp.new{endpoint = os.getenv('DATAPORTABILITY_EMULATOR_HTTPS'),\n"
+    "                    ca_file = os.getenv('DATAPORTABILITY_EMULATOR_CA')}\n"
+    "local results, failed = kept:reset_many(many, {concurrency = 3})\n"
+    "assert(failed == 0 and #results == 5, 'reset_many failed')\n"
+    "-- kept stays open: lua_close finalizes it and the shared caches, in either order\n";
 
 typedef struct {
     int id;
