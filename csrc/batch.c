@@ -2,8 +2,12 @@
  * through libcurl's multi interface. Over HTTPS the transfers ask for
  * HTTP/2 and wait for one connection to multiplex on (PIPEWAIT); where the
  * server offers only HTTP/1.1 each slot keeps its own connection alive.
- * The connections land in the state's shared cache (share.c), so the next
- * batch or call starts warm. */
+ *
+ * A batch keeps its connections to itself, in its multi, and closes them
+ * when it ends. In the state's shared cache (share.c) the client's own
+ * HTTP/1.1 connection would mark the host as one that cannot multiplex,
+ * and the batch would open a connection per slot; and up to 4 idle
+ * connections per slot would linger there. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +24,7 @@ typedef struct {
     CURLM *multi;
     dp_slot *slots;
     int nslots;
+    struct curl_slist *headers; /* the client's fixed headers: a callback may close it */
 } dp_batch;
 
 #if LUA_VERSION_NUM >= 502
@@ -44,6 +49,8 @@ static void free_batch(dp_batch *b)
     if (b->multi != NULL)
         (void)curl_multi_cleanup(b->multi);
     b->multi = NULL;
+    curl_slist_free_all(b->headers);
+    b->headers = NULL;
 }
 
 static int l_batch_gc(lua_State *L)
@@ -54,7 +61,7 @@ static int l_batch_gc(lua_State *L)
 
 /* A slot's handle: the client's options, its own callbacks' data, HTTP/2
  * where TLS lets the server choose it. */
-static CURLcode new_slot(dp_client *c, dp_slot *s)
+static CURLcode new_slot(const dp_client *c, dp_slot *s)
 {
     CURLcode rc;
 
@@ -63,9 +70,9 @@ static CURLcode new_slot(dp_client *c, dp_slot *s)
         return CURLE_OUT_OF_MEMORY;
     rc = dp_transfer_bind(&s->t);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(s->t.curl, CURLOPT_PRIVATE, (void *)s);
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(s->t.curl, CURLOPT_SHARE, dp_share_handle(c->share));
+        rc = curl_easy_setopt(s->t.curl, CURLOPT_PRIVATE, (void *)s);
     if (rc == CURLE_OK && c->https)
         rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     if (rc == CURLE_OK)
@@ -96,7 +103,7 @@ static int report(lua_State *L, int nargs)
 
 /* Starts the token at `index` in slot s; an invalid one is reported at
  * once, never sent. Returns 0, or a pcall status. */
-static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Integer index)
+static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
 {
     size_t len;
     const char *token, *problem;
@@ -104,8 +111,10 @@ static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Intege
     CURLMcode mrc;
 
     lua_rawgeti(L, 4, (int)index);
-    if (lua_type(L, -1) != LUA_TSTRING) /* the Lua layer checked: a bug */
+    if (lua_type(L, -1) != LUA_TSTRING) { /* changed under the batch by a callback */
+        free_batch(b); /* now: the tokens in flight are wiped */
         return luaL_error(L, "tokens[%d] is a %s, not a string", (int)index, luaL_typename(L, -1));
+    }
     token = lua_tolstring(L, -1, &len);
     problem = dp_token_problem(token, len);
     if (problem != NULL) {
@@ -115,7 +124,7 @@ static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Intege
     }
     dp_transfer_reset(&s->t);
     rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER,
-                          dp_transfer_headers(&s->t, c->headers, dp_no_type, token, len));
+                          dp_transfer_headers(&s->t, b->headers, dp_no_type, token, len));
     lua_pop(L, 1);
     mrc = rc == CURLE_OK ? curl_multi_add_handle(b->multi, s->t.curl) : CURLM_OK;
     if (rc != CURLE_OK || mrc != CURLM_OK) {
@@ -130,26 +139,29 @@ static int start(lua_State *L, dp_client *c, dp_batch *b, dp_slot *s, lua_Intege
 
 /* Reports the transfers that ended; *ended counts them. Returns 0, or a
  * pcall status. */
-static int finish(lua_State *L, dp_batch *b, int *ended)
+static int finish(lua_State *L, const dp_client *c, dp_batch *b, int *ended)
 {
     CURLMsg *msg;
     int left;
 
-    while ((msg = curl_multi_info_read(b->multi, &left)) != NULL) {
+    while (c->req.curl != NULL && (msg = curl_multi_info_read(b->multi, &left)) != NULL) {
         dp_slot *s = NULL;
         lua_Integer index;
+        CURLcode rc = msg->data.result; /* msg is invalid after the removal */
 
         if (msg->msg != CURLMSG_DONE)
             continue;
-        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) != CURLE_OK || s == NULL)
+        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) != CURLE_OK || s == NULL) {
+            free_batch(b);
             return luaL_error(L, "a finished transfer has no slot");
+        }
         (void)curl_multi_remove_handle(b->multi, s->t.curl); /* cannot fail for a member */
         (void)curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
         index = s->index;
         s->index = 0;
         (*ended)++;
         report_to(L, index);
-        if (report(L, dp_transfer_push(L, &s->t, msg->data.result)) != 0)
+        if (report(L, dp_transfer_push(L, &s->t, rc)) != 0)
             return 1;
     }
     return 0;
@@ -159,7 +171,8 @@ static int finish(lua_State *L, dp_batch *b, int *ended)
  *   on_done(i, status, body, content_type, retry_after) or
  *   on_done(i, nil, kind, message, sends) for each tokens[i], as the
  *   transfers end. An error raised by on_done stops the batch and is
- *   raised again. */
+ *   raised again; closing the client in on_done stops it too, and the
+ *   tokens not reported then are the caller's to answer. */
 static int l_many(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
@@ -171,6 +184,7 @@ static int l_many(lua_State *L)
     dp_batch *b;
     int i, running = 0, failed = 0;
     CURLMcode mrc = CURLM_OK;
+    const struct curl_slist *h;
 
     luaL_argcheck(L, strcmp(method, "POST") == 0, 2, "a batch sends POST");
     luaL_argcheck(L, dp_valid_path(path, path_len), 3, "path must start with / and be printable ASCII");
@@ -199,22 +213,30 @@ static int l_many(lua_State *L)
     if (b->multi == NULL || b->slots == NULL)
         return luaL_error(L, "out of memory");
     b->nslots = (int)concurrency;
+    for (h = c->headers; h != NULL; h = h->next) {
+        struct curl_slist *l = curl_slist_append(b->headers, h->data);
+        if (l == NULL)
+            return luaL_error(L, "out of memory");
+        b->headers = l;
+    }
     if (curl_multi_setopt(b->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "libcurl cannot multiplex");
     for (i = 0; i < b->nslots; i++)
         if (new_slot(c, &b->slots[i]) != CURLE_OK)
             return luaL_error(L, "libcurl refused a transfer's options");
 
-    while (!failed && mrc == CURLM_OK && (running > 0 || next <= n)) {
+    /* A callback that closes the client stops the batch: the tokens not
+     * reported are left to the caller. */
+    while (!failed && mrc == CURLM_OK && (running > 0 || next <= n) && c->req.curl != NULL) {
         int ended = 0;
 
-        for (i = 0; i < b->nslots && next <= n && !failed; i++)
+        for (i = 0; i < b->nslots && next <= n && !failed && c->req.curl != NULL; i++)
             if (b->slots[i].index == 0)
-                failed = start(L, c, b, &b->slots[i], next++);
+                failed = start(L, b, &b->slots[i], next++);
         if (!failed)
             mrc = curl_multi_perform(b->multi, &running);
         if (!failed && mrc == CURLM_OK)
-            failed = finish(L, b, &ended);
+            failed = finish(L, c, b, &ended);
         /* A slot freed: fill it before waiting. */
         if (!failed && mrc == CURLM_OK && ended == 0 && running > 0)
             mrc = curl_multi_poll(b->multi, NULL, 0, 1000, NULL);

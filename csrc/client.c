@@ -594,7 +594,7 @@ static CURLcode set_method(dp_client *c, const char *method, const char *body, s
     return rc;
 }
 
-int dp_client_prepare(lua_State *L, dp_client *c, int arg)
+int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared)
 {
     static char json_type[] = "Content-Type: application/json";
     static char form_type[] = "Content-Type: application/x-www-form-urlencoded";
@@ -619,6 +619,8 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
         return luaL_error(L, "client is busy with an asynchronous request");
     if (token != NULL && (problem = dp_token_problem(token, token_len)) != NULL)
         return dp_fail(L, "invalid_token", problem);
+    if (unshared && !dp_client_swap(c))
+        return dp_fail(L, "network", "out of memory");
 
     if (strcmp(method, "GET") != 0)
         type = body == NULL ? dp_no_type : form[0] == 'f' ? form_type : json_type;
@@ -631,6 +633,8 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg)
                               dp_transfer_headers(&c->req, c->headers, type, token, token_len));
     if (rc != CURLE_OK) {
         dp_client_release(c);
+        if (unshared)
+            (void)dp_client_swap(c);
         return dp_fail(L, "network", curl_easy_strerror(rc));
     }
     return 0;
@@ -690,7 +694,7 @@ int dp_transfer_push(lua_State *L, dp_transfer *t, CURLcode rc)
 static int l_request(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
-    int failed = dp_client_prepare(L, c, 2);
+    int failed = dp_client_prepare(L, c, 2, 0);
     CURLcode rc;
 
     if (failed)

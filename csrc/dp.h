@@ -130,10 +130,11 @@ int dp_valid_path(const char *path, size_t len);
 /* The Content-Type header of a bodiless POST: none. */
 extern char dp_no_type[];
 /* Checks the request arguments at arg..arg+4 (method, path, token, body,
- * body type)
- * and prepares c's handle. Returns 0 when ready, else pushes nil, kind,
- * message and returns 3. Bad arguments raise. */
-int dp_client_prepare(lua_State *L, dp_client *c, int arg);
+ * body type) and prepares c's handle; with `unshared`, the unshared one,
+ * swapped in (dp_client_swap) once nothing can raise. Returns 0 when ready,
+ * else pushes nil, kind, message and returns 3, handles unswapped. Bad
+ * arguments raise. */
+int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared);
 /* After a request: detaches its header nodes and wipes the token. */
 void dp_client_release(dp_client *c);
 /* Takes c's running request out of its multi, dropping the result. */

@@ -113,9 +113,9 @@ static void unlink_client(dp_multi *m, dp_client *c)
 static void detach(lua_State *L, dp_multi *m, dp_client *c)
 {
     (void)curl_multi_remove_handle(m->handle, c->req.curl); /* cannot fail for a member */
-    (void)dp_client_swap(c); /* back to the shared handle: nothing to make */
     unlink_client(m, c);
     dp_client_release(c);
+    (void)dp_client_swap(c); /* back to the shared handle: nothing to make */
     luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
     c->ref = LUA_NOREF;
 }
@@ -176,20 +176,14 @@ static int l_add(lua_State *L)
 {
     dp_multi *m = check_open(L);
     dp_client *c = dp_check_client(L, 2);
-    int failed;
+    /* Connections made here close through on_close_socket, which needs
+     * this multi: the request goes on the client's unshared handle. */
+    int failed = dp_client_prepare(L, c, 3, 1);
     CURLcode rc;
     CURLMcode mrc;
 
-    /* Connections made here close through on_close_socket, which needs
-     * this multi: the request goes on the client's unshared handle. */
-    if (c->req.curl != NULL && c->multi == NULL && !dp_client_swap(c))
-        return dp_fail(L, "network", "out of memory");
-    failed = dp_client_prepare(L, c, 3);
-    if (failed) {
-        if (c->req.curl != NULL && c->multi == NULL)
-            (void)dp_client_swap(c);
+    if (failed)
         return failed;
-    }
     rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);

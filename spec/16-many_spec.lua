@@ -30,6 +30,9 @@ describe("reset_many", function()
     it("resets every token over one multiplexed HTTP/2 connection", function()
         local tokens = registered_list(emu, 40)
         local c = dp.new(helpers.https(emu))
+        -- a call first: its HTTP/1.1 connection must not stop the batch multiplexing
+        assert.is_true(c:reset(helpers.registered(emu)))
+        emu:clear_requests()
         local results, failed = c:reset_many(tokens, { concurrency = 8 })
         assert.equals(0, failed)
         assert.equals(40, #results)
@@ -150,6 +153,21 @@ describe("reset_many", function()
         assert.equals(0, #emu:requests())
     end)
 
+    it("stops when on_result closes the client, and answers `closed` for the rest", function()
+        local c = dp.new(helpers.https(emu))
+        local results, failed = c:reset_many(registered_list(emu, 6), {
+            concurrency = 1, on_result = function(i) if i == 2 then c:close() end end,
+        })
+        assert.equals(4, failed)
+        assert.is_true(results[1])
+        assert.is_true(results[2])
+        for i = 3, 6 do
+            assert.equals("closed", results[i].kind)
+            assert.equals(i, results[i].index)
+        end
+        assert.equals(2, #emu:requests())
+    end)
+
     it("returns at once for an empty list", function()
         local c = dp.new(helpers.https(emu))
         local results, failed = c:reset_many({})
@@ -261,6 +279,20 @@ describe("clients of one Lua state", function()
         assert.equals(4, #log)
         assert.is_true(log[4].tls_resumed)
         assert.are_not.equal(log[3].connection, log[4].connection)
+    end)
+
+    it("share even after an asynchronous request was refused for a bad argument", function()
+        local core = require("dataportability.core")
+        local opts = { endpoint = emu.https_endpoint, ca_file = emu.ca_file }
+        local a, m = core.new(opts), core.new_multi()
+        assert.has_error(function() m:add(a, "BOGUS", RESET) end)
+        m:close()
+        assert.equals(200, (a:request("POST", RESET, helpers.registered(emu))))
+        a:close()
+        local b = core.new(opts)
+        assert.equals(200, (b:request("POST", RESET, helpers.registered(emu))))
+        b:close()
+        assert.equals(1, connections(emu:requests()))
     end)
 
     it("do not share with a client that trusts another CA", function()

@@ -354,10 +354,15 @@ local function judge(self, m, try, err)
     if not delay or core.now() - try.started + delay > retry.MAX_TOTAL then
         return nil
     end
+    return delay
+end
+
+-- Another attempt is coming after `delay` seconds: on_retry hears of it.
+local function announce(self, m, try, err, delay)
     if self.on_retry then
         self.on_retry({ method = m.id, attempt = try.attempts, delay = delay, err = err })
     end
-    return delay
+    try.attempts = try.attempts + 1
 end
 
 local function new_try(started)
@@ -382,8 +387,8 @@ for name, m in pairs(API) do
             local try = new_try(started)
             local delay = judge(self, m, try, err)
             while delay do
+                announce(self, m, try, err, delay)
                 sleep(delay)
-                try.attempts = try.attempts + 1
                 doc, err = call_with(self, m, path, token, body)
                 if doc then break end
                 delay = judge(self, m, try, err)
@@ -420,7 +425,7 @@ for name, m in pairs(API) do
             call_async(self, m, path, token, body, function(doc, err)
                 local delay = not doc and judge(self, m, try, err)
                 if not delay then return callback(result(m, doc, err)) end
-                try.attempts = try.attempts + 1
+                announce(self, m, try, err, delay)
                 self.driver:after(delay, attempt)
             end)
         end
@@ -430,72 +435,86 @@ end
 
 local MANY_OPTIONS = { concurrency = "number", on_result = "function" }
 
---- client:reset_many(tokens [, opts]) -> results, failed: resets every
---- token of the list, opts.concurrency (32) at a time; results[i] is true
---- or an error table with .index = i; opts.on_result(i, ok, err) as each
---- ends. Retryable failures are sent again, together, after the longest
---- wait any of them asks for.
-function Client:reset_many(tokens, opts)
+local function check_many(tokens, opts)
     if type(tokens) ~= "table" then
         error(format("bad argument #1 to 'reset_many' (table of token strings expected, got %s)",
-            type(tokens)), 2)
+            type(tokens)), 3)
     end
     for i = 1, #tokens do
         if type(tokens[i]) ~= "string" then
             error(format("bad argument #1 to 'reset_many' (tokens[%d] is a %s, not a string)", i,
-                type(tokens[i])), 2)
+                type(tokens[i])), 3)
         end
     end
     if opts ~= nil and type(opts) ~= "table" then
-        error(format("bad argument #2 to 'reset_many' (options table expected, got %s)", type(opts)), 2)
+        error(format("bad argument #2 to 'reset_many' (options table expected, got %s)", type(opts)), 3)
     end
-    opts = opts or EMPTY
-    for k, v in pairs(opts) do
+    for k, v in pairs(opts or EMPTY) do
         if type(v) ~= MANY_OPTIONS[k] then
             error(format("reset_many: %s '%s'", MANY_OPTIONS[k] and "bad type for option" or "unknown option",
-                tostring(k)), 2)
+                tostring(k)), 3)
         end
     end
-    local concurrency = opts.concurrency or 32
+    local concurrency = opts and opts.concurrency or 32
     if concurrency < 1 or concurrency > 1000 or concurrency % 1 ~= 0 then
-        error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 2)
+        error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 3)
     end
-    local m, on_result = API.reset, opts.on_result
+    return concurrency, opts and opts.on_result
+end
+
+--- client:reset_many(tokens [, opts]) -> results, failed: resets every
+--- token of the list, opts.concurrency (32) at a time; results[i] is true
+--- or an error table with .index = i; opts.on_result(i, ok, err) as each
+--- outcome is final. Retryable failures are sent again together, after
+--- the longest wait any of them asks for.
+function Client:reset_many(tokens, opts)
+    local concurrency, on_result = check_many(tokens, opts)
+    local m = API.reset
     local path = m.build()
     local results, failed, tries = {}, 0, {}
+    local function final(i, err)
+        results[i] = err
+        failed = failed + 1
+        if on_result then on_result(i, false, err) end
+    end
     local round, positions = tokens, nil -- positions[k]: the index of round[k] in tokens
     while round[1] do
-        local again, again_at, wait = {}, {}, 0
-        local function done(k, ...)
+        local seen, again, wait, started = {}, {}, 0, core.now()
+        self.transport:many(m.http, path, round, concurrency, function(k, ...)
+            seen[k] = true
             local i = positions and positions[k] or k
             local doc, err = outcome(m, round[k], ...)
             if doc then
                 results[i] = true
-                if tries[i] then failed = failed - 1 end
                 if on_result then on_result(i, true) end
                 return
             end
             err.index = i
-            if not tries[i] then -- its first failure: about when it was sent, in a long batch
-                tries[i] = new_try(core.now())
-                failed = failed + 1
-            end
-            results[i] = err
+            tries[i] = tries[i] or new_try(started) -- no later than its first attempt
             local delay = judge(self, m, tries[i], err)
-            if delay then
-                tries[i].attempts = tries[i].attempts + 1
-                again[#again + 1], again_at[#again + 1] = round[k], i
-                if delay > wait then wait = delay end
-            elseif on_result then
-                on_result(i, false, err)
+            if not delay then return final(i, err) end
+            again[#again + 1] = { k = k, i = i, err = err }
+            if delay > wait then wait = delay end
+        end)
+        for k = 1, #round do -- the client was closed, before or during the round
+            if not seen[k] then
+                local i, _, err = positions and positions[k] or k, outcome(m, round[k], nil, "closed",
+                    "client is closed", 0)
+                err.index = i
+                final(i, err)
             end
         end
-        local _, kind, message = self.transport:many(m.http, path, round, concurrency, done)
-        if kind then -- the client is closed: nothing was sent
-            for k = 1, #round do done(k, nil, kind, message, 0) end
+        local next_round, next_positions = {}, {}
+        for _, r in ipairs(again) do -- all wait the longest wait: no one past MAX_TOTAL
+            if core.now() - tries[r.i].started + wait > retry.MAX_TOTAL then
+                final(r.i, r.err)
+            else
+                announce(self, m, tries[r.i], r.err, wait)
+                next_round[#next_round + 1], next_positions[#next_positions + 1] = round[r.k], r.i
+            end
         end
-        if again[1] then sleep(wait) end
-        round, positions = again, again_at
+        if next_round[1] then sleep(wait) end
+        round, positions = next_round, next_positions
     end
     return results, failed
 end

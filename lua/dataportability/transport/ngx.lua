@@ -293,27 +293,28 @@ end
 
 --- t:many(method, path, tokens, concurrency, on_done): as the C core's
 --- (csrc/batch.c), with `concurrency` light threads, each on a connection
---- of its own from the pool.
+--- of its own from the pool. An error in on_done, or a close, stops every
+--- thread before its next token.
 function T:many(method, path, tokens, concurrency, on_done)
     if self.closed then return nil, "closed", "client is closed" end
-    local n, taken, threads = #tokens, 0, {}
+    local n, taken, threads, failure = #tokens, 0, {}, nil
+    local function one(i)
+        on_done(i, self:request(method, path, tokens[i]))
+    end
     local function work()
-        while taken < n do
+        while taken < n and not failure and not self.closed do
             taken = taken + 1
-            local i = taken
-            on_done(i, self:request(method, path, tokens[i]))
+            local ok, err = pcall(one, taken)
+            if not ok then failure = failure or { err } end
         end
     end
     for t = 1, min(concurrency, n) do
         threads[t] = ngx.thread.spawn(work)
     end
     for t = 1, #threads do
-        local ok, err = ngx.thread.wait(threads[t])
-        if not ok then -- on_done raised: the batch stops
-            for u = t + 1, #threads do ngx.thread.kill(threads[u]) end
-            error(err, 0)
-        end
+        ngx.thread.wait(threads[t])
     end
+    if failure then error(failure[1], 0) end
 end
 
 return _M
