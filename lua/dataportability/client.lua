@@ -127,7 +127,8 @@ local function outcome(m, token, status, resp, content_type, retry_after)
         local sent = not UNSENT_KINDS[kind] and (sends == nil or sends > 0)
         return nil, errors.new(m.id, kind, content_type, { sent = sent })
     end
-    if status >= 200 and status < 300 and (resp == "" or find(resp, "^%s*{%s*}%s*$")) then
+    if status >= 200 and status < 300
+        and (resp == "{}\n" or resp == "{}" or resp == "" or find(resp, "^%s*{%s*}%s*$")) then
         return EMPTY
     end
     resp = errors.redact(resp, token)
@@ -323,7 +324,7 @@ end
 -- With a token source: its cached access token, refreshed once and sent
 -- again when the server answers 401.
 local function call_with(self, m, path, token, body)
-    if not oauth.is_source(token) then
+    if type(token) == "string" or not oauth.is_source(token) then
         return call(self, m, path, token, body)
     end
     local access, err = token:token()
