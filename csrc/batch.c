@@ -171,8 +171,8 @@ static int finish(lua_State *L, const dp_client *c, dp_batch *b, int *ended)
  *   on_done(i, status, body, content_type, retry_after) or
  *   on_done(i, nil, kind, message, sends) for each tokens[i], as the
  *   transfers end. An error raised by on_done stops the batch and is
- *   raised again; closing the client in on_done stops it too, and the
- *   tokens not reported then are the caller's to answer. */
+ *   raised again. On a closed client, or one closed in on_done, the tokens
+ *   not reported are the caller's to answer. */
 static int l_many(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
@@ -192,8 +192,8 @@ static int l_many(lua_State *L)
     luaL_argcheck(L, concurrency >= 1 && concurrency <= 1000, 5, "concurrency must be in [1, 1000]");
     luaL_checktype(L, 6, LUA_TFUNCTION);
     lua_settop(L, 6);
-    if (c->req.curl == NULL)
-        return dp_fail(L, "closed", "client is closed");
+    if (c->req.curl == NULL) /* closed: every token is left unreported */
+        return 0;
     if (c->multi != NULL)
         return luaL_error(L, "client is busy with an asynchronous request");
     n = (lua_Integer)dp_rawlen(L, 4);
@@ -258,9 +258,5 @@ void dp_batch_open(lua_State *L)
     static const luaL_Reg none[] = {{NULL, NULL}};
 
     dp_new_type(L, DP_BATCH_MT, meta, none);
-    luaL_getmetatable(L, DP_CLIENT_MT);
-    lua_getfield(L, -1, "__index");
-    lua_pushcfunction(L, l_many);
-    lua_setfield(L, -2, "many");
-    lua_pop(L, 2);
+    dp_client_method(L, "many", l_many);
 }

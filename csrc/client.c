@@ -708,6 +708,15 @@ static int l_request(lua_State *L)
     return dp_transfer_push(L, &c->req, rc);
 }
 
+void dp_client_method(lua_State *L, const char *name, lua_CFunction fn)
+{
+    luaL_getmetatable(L, DP_CLIENT_MT);
+    lua_getfield(L, -1, "__index");
+    lua_pushcfunction(L, fn);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 2);
+}
+
 void dp_client_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {

@@ -90,6 +90,7 @@ DP_EXPORT int luaopen_dataportability_core(lua_State *L)
     lua_newtable(L);
     dp_setfuncs(L, funcs);
     dp_client_open(L);
+    dp_share_open(L);
     dp_download_open(L);
     dp_batch_open(L);
     dp_crypto_open(L);

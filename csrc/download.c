@@ -315,9 +315,5 @@ static int l_download(lua_State *L)
 
 void dp_download_open(lua_State *L)
 {
-    luaL_getmetatable(L, DP_CLIENT_MT);
-    lua_getfield(L, -1, "__index");
-    lua_pushcfunction(L, l_download);
-    lua_setfield(L, -2, "download");
-    lua_pop(L, 2);
+    dp_client_method(L, "download", l_download);
 }

@@ -81,6 +81,10 @@ void dp_multi_open(lua_State *L);
 
 /* Adds client:download; the client type must exist. */
 void dp_download_open(lua_State *L);
+/* Adds method `name` to the client type, which must exist. */
+void dp_client_method(lua_State *L, const char *name, lua_CFunction fn);
+/* Registers the share metatable (share.c). */
+void dp_share_open(lua_State *L);
 /* Puts md5_file, sha256_base64url and random_base64url in the table on top. */
 void dp_crypto_open(lua_State *L);
 

@@ -70,6 +70,17 @@ static dp_share *new_share(lua_State *L)
     return *box;
 }
 
+void dp_share_open(lua_State *L)
+{
+    static const luaL_Reg meta[] = {
+        {"__gc", l_gc},
+        {NULL, NULL}
+    };
+    static const luaL_Reg none[] = {{NULL, NULL}};
+
+    dp_new_type(L, DP_SHARE_MT, meta, none);
+}
+
 dp_share *dp_share_acquire(lua_State *L)
 {
     dp_share **box, *s;
@@ -78,10 +89,6 @@ dp_share *dp_share_acquire(lua_State *L)
     lua_rawget(L, LUA_REGISTRYINDEX);
     box = lua_touserdata(L, -1);
     if (box == NULL) {
-        luaL_newmetatable(L, DP_SHARE_MT);
-        lua_pushcfunction(L, l_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pop(L, 1);
         s = new_share(L);
         lua_pop(L, 1);
     } else {
