@@ -199,7 +199,7 @@ describe("reset_many", function()
         assert.has_error(function() c:reset_many({}, { concurency = 2 }) end,
             "reset_many: unknown option 'concurency'")
         assert.has_error(function() c:reset_many({}, { on_result = true }) end,
-            "reset_many: bad type for option 'on_result'")
+            "reset_many: option 'on_result' must be a function, got boolean")
         for _, n in ipairs({ 0, 1.5, 1001 }) do
             assert.has_error(function() c:reset_many({}, { concurrency = n }) end,
                 "reset_many: option 'concurrency' must be a whole number in [1, 1000]")

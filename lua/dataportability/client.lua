@@ -30,6 +30,20 @@ local OPTIONS = {
 local Client = { __name = "dataportability.client" }
 Client.__index = Client
 
+-- Every field of opts is one of `types` (name -> type), of that type;
+-- else an error blaming `level` above the caller.
+local function check_fields(opts, types, fname, level)
+    for k, v in pairs(opts) do
+        local want = types[k]
+        if not want then
+            error(format("%s: unknown option '%s'", fname, tostring(k)), level + 1)
+        end
+        if type(v) ~= want then
+            error(format("%s: option '%s' must be a %s, got %s", fname, k, want, type(v)), level + 1)
+        end
+    end
+end
+
 local function check_options(opts, fname)
     if opts == nil then
         return {}
@@ -37,15 +51,7 @@ local function check_options(opts, fname)
     if type(opts) ~= "table" then
         error(format("bad argument to '%s' (options table expected, got %s)", fname, type(opts)), 4)
     end
-    for k, v in pairs(opts) do
-        local want = OPTIONS[k]
-        if not want then
-            error(format("%s: unknown option '%s'", fname, tostring(k)), 4)
-        end
-        if type(v) ~= want then
-            error(format("%s: option '%s' must be a %s, got %s", fname, k, want, type(v)), 4)
-        end
-    end
+    check_fields(opts, OPTIONS, fname, 4)
     if opts.driver and not async.is_driver(opts.driver) then
         error(fname .. ": option 'driver' must come from dp.driver()", 4)
     end
@@ -450,12 +456,7 @@ local function check_many(tokens, opts)
     if opts ~= nil and type(opts) ~= "table" then
         error(format("bad argument #2 to 'reset_many' (options table expected, got %s)", type(opts)), 3)
     end
-    for k, v in pairs(opts or EMPTY) do
-        if type(v) ~= MANY_OPTIONS[k] then
-            error(format("reset_many: %s '%s'", MANY_OPTIONS[k] and "bad type for option" or "unknown option",
-                tostring(k)), 3)
-        end
-    end
+    check_fields(opts or EMPTY, MANY_OPTIONS, "reset_many", 3)
     local concurrency = opts and opts.concurrency or 32
     if concurrency < 1 or concurrency > 1000 or concurrency % 1 ~= 0 then
         error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 3)

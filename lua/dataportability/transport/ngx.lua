@@ -294,9 +294,9 @@ end
 --- t:many(method, path, tokens, concurrency, on_done): as the C core's
 --- (csrc/batch.c), with `concurrency` light threads, each on a connection
 --- of its own from the pool. An error in on_done, or a close, stops every
---- thread before its next token.
+--- thread before its next token; the tokens not reported are the caller's.
 function T:many(method, path, tokens, concurrency, on_done)
-    if self.closed then return nil, "closed", "client is closed" end
+    if self.closed then return end
     local n, taken, threads, failure = #tokens, 0, {}, nil
     local function one(i)
         on_done(i, self:request(method, path, tokens[i]))
