@@ -1,10 +1,12 @@
 -- Soak: many resets against the emulator on one client, then many
 -- short-lived clients; file descriptors and RSS must stay flat.
 --   lua5.4 scripts/soak.lua [RESETS [CLIENTS [SECONDS]]]   (defaults 100000 1000 300)
+-- from the repository root (it uses spec/helpers.lua).
 -- Prints the figures; exits 1 when a limit is crossed or the time box ends first.
 local dp = require("dataportability")
 local core = require("dataportability.core")
 local emulator = require("dataportability.emulator")
+local rss_kib = require("spec.helpers").rss_kib
 
 local RESETS, CLIENTS = tonumber(arg[1]) or 100000, tonumber(arg[2]) or 1000
 local SECONDS = tonumber(arg[3]) or 300
@@ -19,13 +21,6 @@ local function fds()
     local n = tonumber(p:read("*l"))
     p:close()
     return n
-end
-
-local function rss_kib()
-    for line in io.lines("/proc/self/status") do
-        local kib = line:match("^VmRSS:%s+(%d+)")
-        if kib then return tonumber(kib) end
-    end
 end
 
 local emu = assert(emulator.start())

@@ -10,13 +10,7 @@ local MiB = 1024 * 1024
 
 local tmpdir = helpers.tmpdir
 local size_of = helpers.size_of
-
-local function rss_kib()
-    for line in io.lines("/proc/self/status") do
-        local kib = line:match("^VmRSS:%s+(%d+)")
-        if kib then return tonumber(kib) end
-    end
-end
+local rss_kib = helpers.rss_kib
 
 describe("file names from signed URLs", function()
     it("keeps them inside the directory, safe and unique", function()

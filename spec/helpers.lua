@@ -89,6 +89,14 @@ function _M.size_of(path)
     return n
 end
 
+--- This process's resident set size, in KiB.
+function _M.rss_kib()
+    for line in io.lines("/proc/self/status") do
+        local kib = line:match("^VmRSS:%s+(%d+)")
+        if kib then return tonumber(kib) end
+    end
+end
+
 --- Runs a Lua chunk in a child interpreter with extra environment
 --- variables; returns its stdout and whether it exited 0.
 function _M.run_lua(env, code)
