@@ -87,6 +87,33 @@ describe("emulator", function()
         assert.equals(401, (reset(nil)))
     end)
 
+    it("drop with after: the method takes effect, then the connection closes without a byte", function()
+        emu:add_token("tok-emu-spec-5", { SCOPE })
+        emu:set_fault({ action = "drop", after = true, path = RESET })
+        local p = io.popen("curl -s -i -X POST -H 'Authorization: Bearer tok-emu-spec-5' '"
+            .. emu.endpoint .. RESET .. "'; echo \"curl-rc=$?\"")
+        local out = p:read("*a")
+        p:close()
+        assert.equals("curl-rc=52\n", out) -- an empty reply: not even a status line
+        assert.equals(401, (reset("tok-emu-spec-5"))) -- the lost reset was applied
+
+        emu:add_token("tok-emu-spec-6", { SCOPE })
+        local initiate = "/v1/portabilityArchive:initiate"
+        emu:set_fault({ action = "drop", after = true, path = initiate })
+        local _, _, _, rc = curl("-X POST -H 'Authorization: Bearer tok-emu-spec-6' "
+            .. "-H 'Content-Type: application/json' -d '{\"resources\":[\"myactivity.youtube\"]}' '"
+            .. emu.endpoint .. initiate .. "'")
+        assert.equals(52, rc)
+        local jobs = emu:jobs()
+        assert.equals(1, #jobs)
+        assert.equals("IN_PROGRESS", jobs[1].state)
+        assert.equals(3, #emu:requests()) -- the requests whose answers were lost are logged
+    end)
+
+    it("refuses a drop rule whose after is not a boolean", function()
+        assert.has_error(function() emu:set_fault({ action = "drop", after = "yes" }) end)
+    end)
+
     it("logs /v1 requests with the token redacted, and keeps it out of its logs", function()
         emu:add_token("tok-emu-spec-4", { SCOPE })
         reset("tok-emu-spec-4")

@@ -128,8 +128,10 @@ _M.encode = encode
 -- Responses
 
 --- Sends a whole answer. A `cut` fault (ngx.ctx.cut = n) sends the headers
--- and the first n body bytes, then closes the connection.
+-- and the first n body bytes, then closes the connection; a `drop` fault
+-- with `after` (ngx.ctx.drop_answer) closes it before a byte is sent.
 local function send(status, body, ctype, headers)
+    if ngx.ctx.drop_answer then return ngx.exit(444) end
     ngx.status = status
     ngx.header["Content-Type"] = ctype or JSON_TYPE
     ngx.header["Content-Length"] = #body

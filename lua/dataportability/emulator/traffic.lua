@@ -121,7 +121,7 @@ function _M.check(rule)
         or check("bytes", "number", whole) or check("after_bytes", "number", whole)
         or check("content_length", "boolean") or check("retry_after", "string")
         or check("retry_delay", "string") or check("message", "string")
-        or check("location", "string") or check("error", "string")
+        or check("location", "string") or check("error", "string") or check("after", "boolean")
     if err then return nil, err end
     if rule.action == "delay" and not rule.seconds then return nil, "delay needs seconds" end
     return rule
@@ -211,15 +211,22 @@ local function send_status(rule, kind, method)
     return R.send_json(code, R.rpc_error(code, message, details), headers)
 end
 
---- Applies a rule taken for this request. `delay` and `cut` return (the
--- request then goes on: late, or cut short); every other action answers.
+--- Applies a rule taken for this request. `delay`, `cut` and `drop` with
+-- `after` return (the request then goes on: late, cut short, or never
+-- answered); every other action answers.
 -- kind: "api" | "oauth" | "storage"; method: the RPC name for ErrorInfo.
 function _M.apply(rule, kind, method)
     local action = rule.action
     if action == "delay" then return ngx.sleep(rule.seconds) end
     if action == "cut" then ngx.ctx.cut = rule.after_bytes or 0; return end
     if action == "status" then return send_status(rule, kind, method) end
-    if action == "drop" then return ngx.exit(444) end  -- nginx closes without a response
+    if action == "drop" then
+        -- a download changes nothing: `after` makes no difference there
+        -- with `after`, the request goes on and takes effect; respond.send
+        -- then closes the connection instead of answering
+        if rule.after and kind ~= "storage" then ngx.ctx.drop_answer = true; return end
+        return ngx.exit(444)  -- nginx closes without a response
+    end
     if action == "html" then
         local code = rule.status or 502
         return R.send_html(code, "Server Error", "The server encountered a temporary "
