@@ -14,6 +14,8 @@ emulator (nginx + ngx_lua) for tests.]],
    homepage = "https://github.com/dataportability/dataportability-lua",
    license = "MIT",
 }
+-- The C core is POSIX only (fork safety, file descriptors): no Windows build.
+supported_platforms = { "unix" }
 dependencies = {
    "lua >= 5.1",
    "lua-cjson",
@@ -31,8 +33,10 @@ build = {
       ["dataportability.scopes"] = "lua/dataportability/scopes.lua",
       ["dataportability.export"] = "lua/dataportability/export.lua",
       ["dataportability.oauth"] = "lua/dataportability/oauth.lua",
+      ["dataportability.options"] = "lua/dataportability/options.lua",
       ["dataportability.retry"] = "lua/dataportability/retry.lua",
       ["dataportability.cli"] = "lua/dataportability/cli.lua",
+      ["dataportability.transport"] = "lua/dataportability/transport/init.lua",
       ["dataportability.transport.ngx"] = "lua/dataportability/transport/ngx.lua",
       ["dataportability.emulator"] = "lua/dataportability/emulator/init.lua",
       ["dataportability.emulator.server"] = "lua/dataportability/emulator/server.lua",
@@ -48,7 +52,7 @@ build = {
       ["dataportability.core"] = {
          sources = {
             "csrc/core.c", "csrc/client.c", "csrc/batch.c", "csrc/crypto.c", "csrc/download.c",
-            "csrc/multi.c", "csrc/share.c", "csrc/token.c",
+            "csrc/endpoint.c", "csrc/multi.c", "csrc/share.c", "csrc/token.c", "csrc/transfer.c",
          },
          libraries = { "curl", "crypto", "pthread" },
          incdirs = { "$(CURL_INCDIR)" },

@@ -8,12 +8,13 @@
  * HTTP/1.1 connection would mark the host as one that cannot multiplex,
  * and the batch would open a connection per slot; and up to 4 idle
  * connections per slot would linger there. */
+#define _POSIX_C_SOURCE 200809L /* pid_t */
 #include <stdlib.h>
 #include <string.h>
 
 #include "dp.h"
 
-#define DP_BATCH_MT "dataportability.batch"
+#define DP_BATCH_MT "dataportability.core.batch"
 
 typedef struct {
     dp_transfer t;
@@ -25,28 +26,30 @@ typedef struct {
     dp_slot *slots;
     int nslots;
     struct curl_slist *headers; /* the client's fixed headers: a callback may close it */
+    pid_t pid;                  /* the process whose connections the multi holds */
 } dp_batch;
 
-#if LUA_VERSION_NUM >= 502
-#define dp_rawlen lua_rawlen
-#else
-#define dp_rawlen lua_objlen
-#endif
-
-/* Idempotent: also the __gc of a batch left behind by a raise. */
+/* Idempotent: also the __gc of a batch left behind by a raise. In a
+ * process forked from a callback, the libcurl objects are abandoned. */
 static void free_batch(dp_batch *b)
 {
-    int i;
+    int i, forked = dp_forked(b->pid);
 
     for (i = 0; i < b->nslots; i++) {
-        if (b->slots[i].index != 0)
+        if (b->slots[i].index != 0 && !forked)
             (void)curl_multi_remove_handle(b->multi, b->slots[i].t.curl);
+        if (forked && b->slots[i].t.curl != NULL)
+            dp_abandon(b->slots[i].t.curl);
+        if (forked)
+            b->slots[i].t.curl = NULL;
         dp_transfer_free(&b->slots[i].t);
     }
     free(b->slots);
     b->slots = NULL;
     b->nslots = 0;
-    if (b->multi != NULL)
+    if (b->multi != NULL && forked)
+        dp_abandon(b->multi);
+    else if (b->multi != NULL)
         (void)curl_multi_cleanup(b->multi);
     b->multi = NULL;
     curl_slist_free_all(b->headers);
@@ -68,11 +71,9 @@ static CURLcode new_slot(const dp_client *c, dp_slot *s)
     s->t.curl = curl_easy_duphandle(c->req.curl);
     if (s->t.curl == NULL)
         return CURLE_OUT_OF_MEMORY;
-    rc = dp_transfer_bind(&s->t);
+    rc = dp_transfer_bind(&s->t, s);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(s->t.curl, CURLOPT_PRIVATE, (void *)s);
     if (rc == CURLE_OK && c->https)
         rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     if (rc == CURLE_OK)
@@ -87,9 +88,9 @@ static CURLcode new_slot(const dp_client *c, dp_slot *s)
 }
 
 /* on_done(index, ...): report_to pushes on_done and the index, the caller
- * the outcome, and report calls it with nargs values of outcome. A raise
- * in on_done is left on the stack, and raised again once the batch is
- * down. report returns the pcall status. */
+ * the seven values of the outcome, and report calls it. A raise in on_done
+ * is left on the stack, and raised again once the batch is down. report
+ * returns the pcall status. */
 static void report_to(lua_State *L, lua_Integer index)
 {
     lua_pushvalue(L, 6);
@@ -98,11 +99,11 @@ static void report_to(lua_State *L, lua_Integer index)
 
 static int report(lua_State *L, int nargs)
 {
-    return lua_pcall(L, nargs + 1, 0, 0);
+    return lua_pcall(L, nargs + 1, 0, 0) == 0 ? DP_GO_ON : DP_RAISED;
 }
 
 /* Starts the token at `index` in slot s; an invalid one is reported at
- * once, never sent. Returns 0, or a pcall status. */
+ * once, never sent. Returns DP_GO_ON, or DP_RAISED with the error on top. */
 static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
 {
     size_t len;
@@ -112,15 +113,15 @@ static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
 
     lua_rawgeti(L, 4, (int)index);
     if (lua_type(L, -1) != LUA_TSTRING) { /* changed under the batch by a callback */
-        free_batch(b); /* now: the tokens in flight are wiped */
-        return luaL_error(L, "tokens[%d] is a %s, not a string", (int)index, luaL_typename(L, -1));
+        lua_pushfstring(L, "tokens[%d] is a %s, not a string", (int)index, luaL_typename(L, -1));
+        return DP_RAISED;
     }
     token = lua_tolstring(L, -1, &len);
     problem = dp_token_problem(token, len);
     if (problem != NULL) {
         lua_pop(L, 1);
         report_to(L, index);
-        return report(L, dp_fail(L, "invalid_token", problem));
+        return report(L, dp_push_failure(L, "invalid_token", problem, DP_SENT_NO));
     }
     dp_transfer_reset(&s->t);
     rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER,
@@ -130,50 +131,42 @@ static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
     if (rc != CURLE_OK || mrc != CURLM_OK) {
         dp_transfer_wipe(&s->t);
         report_to(L, index);
-        return report(L, dp_fail(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc)
-                                                             : curl_multi_strerror(mrc)));
+        return report(L, dp_push_failure(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc)
+                                         : curl_multi_strerror(mrc), DP_SENT_NO));
     }
     s->index = index;
     return 0;
 }
 
-/* Reports the transfers that ended; *ended counts them. Returns 0, or a
- * pcall status. */
+/* Reports the transfers that ended; *ended counts them. Returns DP_GO_ON,
+ * DP_RAISED, or DP_STOPPED when a callback closed the client or forked. */
 static int finish(lua_State *L, const dp_client *c, dp_batch *b, int *ended)
 {
-    CURLMsg *msg;
-    int left;
+    dp_transfer *t;
+    CURLcode rc;
 
-    while (c->req.curl != NULL && (msg = curl_multi_info_read(b->multi, &left)) != NULL) {
-        dp_slot *s = NULL;
-        lua_Integer index;
-        CURLcode rc = msg->data.result; /* msg is invalid after the removal */
+    while ((t = dp_engine_done(b->multi, &rc)) != NULL) {
+        dp_slot *s = t->owner;
+        lua_Integer index = s->index;
 
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) != CURLE_OK || s == NULL) {
-            free_batch(b);
-            return luaL_error(L, "a finished transfer has no slot");
-        }
-        (void)curl_multi_remove_handle(b->multi, s->t.curl); /* cannot fail for a member */
-        (void)curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-        index = s->index;
+        (void)curl_easy_setopt(t->curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
         s->index = 0;
         (*ended)++;
         report_to(L, index);
-        if (report(L, dp_transfer_push(L, &s->t, rc)) != 0)
-            return 1;
+        if (report(L, dp_push_result(L, t, rc)) != DP_GO_ON)
+            return DP_RAISED;
+        if (c->closing || dp_forked(b->pid))
+            return DP_STOPPED;
     }
-    return 0;
+    return DP_GO_ON;
 }
 
 /* client:many(method, path, tokens, concurrency, on_done)
- *   on_done(i, status, body, content_type, retry_after) or
- *   on_done(i, nil, kind, message, sends) for each tokens[i], as the
+ *   on_done(i, <the seven values of a request>) for each tokens[i], as the
  *   transfers end. An error raised by on_done stops the batch and is
  *   raised again. On a closed client, or one closed in on_done, the tokens
  *   not reported are the caller's to answer. */
-static int l_many(lua_State *L)
+int dp_client_many(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
     const char *method = luaL_checkstring(L, 2);
@@ -182,20 +175,19 @@ static int l_many(lua_State *L)
     lua_Integer concurrency = luaL_checkinteger(L, 5);
     lua_Integer n, next = 1;
     dp_batch *b;
-    int i, running = 0, failed = 0;
+    int i, running = 0, wait = 0, failed = DP_GO_ON;
     CURLMcode mrc = CURLM_OK;
     const struct curl_slist *h;
 
     luaL_argcheck(L, strcmp(method, "POST") == 0, 2, "a batch sends POST");
     luaL_argcheck(L, dp_valid_path(path, path_len), 3, "path must start with / and be printable ASCII");
     luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_argcheck(L, concurrency >= 1 && concurrency <= 1000, 5, "concurrency must be in [1, 1000]");
+    luaL_argcheck(L, concurrency >= 1 && concurrency <= DP_CONCURRENCY_MAX, 5,
+                  "concurrency must be in [1, limits.concurrency_max]");
     luaL_checktype(L, 6, LUA_TFUNCTION);
     lua_settop(L, 6);
-    if (c->req.curl == NULL) /* closed: every token is left unreported */
+    if (!dp_client_ready(L, c)) /* closed: every token is left unreported */
         return 0;
-    if (c->multi != NULL)
-        return luaL_error(L, "client is busy with an asynchronous request");
     n = (lua_Integer)dp_rawlen(L, 4);
     if (n == 0)
         return 0;
@@ -206,6 +198,7 @@ static int l_many(lua_State *L)
 
     b = lua_newuserdata(L, sizeof *b); /* index 7: freed by __gc after a raise */
     memset(b, 0, sizeof *b);
+    b->pid = c->pid;
     luaL_getmetatable(L, DP_BATCH_MT);
     lua_setmetatable(L, -2);
     b->multi = curl_multi_init();
@@ -227,22 +220,25 @@ static int l_many(lua_State *L)
 
     /* A callback that closes the client stops the batch: the tokens not
      * reported are left to the caller. */
-    while (!failed && mrc == CURLM_OK && (running > 0 || next <= n) && c->req.curl != NULL) {
+    c->busy = 1;
+    while (failed == DP_GO_ON && mrc == CURLM_OK && (running > 0 || next <= n)) {
         int ended = 0;
 
-        for (i = 0; i < b->nslots && next <= n && !failed && c->req.curl != NULL; i++)
-            if (b->slots[i].index == 0)
+        for (i = 0; i < b->nslots && next <= n && failed == DP_GO_ON; i++)
+            if (b->slots[i].index == 0) {
                 failed = start(L, b, &b->slots[i], next++);
-        if (!failed)
-            mrc = curl_multi_perform(b->multi, &running);
-        if (!failed && mrc == CURLM_OK)
+                if (failed == DP_GO_ON && (c->closing || dp_forked(b->pid)))
+                    failed = DP_STOPPED;
+            }
+        if (failed == DP_GO_ON)
+            mrc = dp_engine_step(b->multi, wait, &running);
+        if (failed == DP_GO_ON && mrc == CURLM_OK)
             failed = finish(L, c, b, &ended);
-        /* A slot freed: fill it before waiting. */
-        if (!failed && mrc == CURLM_OK && ended == 0 && running > 0)
-            mrc = curl_multi_poll(b->multi, NULL, 0, 1000, NULL);
+        wait = ended == 0; /* a slot freed: fill it before waiting */
     }
     free_batch(b);
-    if (failed) /* on_done's error is on top */
+    dp_client_unbusy(L, c, b->pid); /* raises in a child forked by on_done */
+    if (failed == DP_RAISED) /* on_done's error is on top */
         return lua_error(L);
     if (mrc != CURLM_OK)
         return luaL_error(L, "libcurl's multi interface failed: %s", curl_multi_strerror(mrc));
@@ -258,5 +254,4 @@ void dp_batch_open(lua_State *L)
     static const luaL_Reg none[] = {{NULL, NULL}};
 
     dp_new_type(L, DP_BATCH_MT, meta, none);
-    dp_client_method(L, "many", l_many);
 }

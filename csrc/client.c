@@ -1,93 +1,17 @@
-#define _POSIX_C_SOURCE 200809L /* inet_pton, strcasecmp */
-/* The client object: one libcurl easy handle, reused across calls so that
- * connections are kept alive. Every request, blocking (l_request) or not
- * (multi.c), is set up by dp_client_prepare and read by
- * dp_client_push_result. */
-#include <arpa/inet.h>
+#define _POSIX_C_SOURCE 200809L /* getpid */
+/* The client type: one libcurl easy handle for the API, reused across
+ * calls so that connections are kept alive, and one for downloads. Every
+ * blocking transfer runs on the client's engine (dp_client_run), which
+ * calls Lua only between libcurl's steps; asynchronous ones on a host's
+ * event loop (multi.c). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include <curl/curl.h>
+#include <unistd.h>
 
 #include "dp.h"
+#include "endpoint.h"
 #include "token.h"
-
-#define BODY_MAX (1024 * 1024) /* larger responses are cut: too_large */
-
-/* ---- endpoint ---- */
-
-int dp_is_loopback(const char *host)
-{
-    struct in_addr v4;
-    size_t len = strlen(host);
-
-    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
-        return 1;
-    if (len > 0 && inet_pton(AF_INET, host, &v4) == 1)
-        return (ntohl(v4.s_addr) >> 24) == 127;
-    return 0;
-}
-
-typedef struct {
-    char *base;        /* scheme://host:port, malloc'd */
-    size_t host_start; /* the host inside base, brackets kept for IPv6 */
-    size_t host_len;
-    long port;         /* explicit, or the scheme's default */
-    int https;
-    int loopback;
-} dp_endpoint;
-
-/* Checks the endpoint and fills *ep. Returns NULL, or a static sentence
- * saying what is wrong (then ep->base is NULL). */
-static const char *parse_endpoint(const char *endpoint, dp_endpoint *ep)
-{
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
-    const char *problem = NULL;
-
-    memset(ep, 0, sizeof *ep);
-    if (u == NULL)
-        return "out of memory";
-    if (curl_url_set(u, CURLUPART_URL, endpoint, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
-        problem = "is not a URL of the form https://host[:port]";
-        goto done;
-    }
-    ep->https = strcmp(scheme, "https") == 0;
-    ep->loopback = dp_is_loopback(host);
-    if (!ep->https && !(strcmp(scheme, "http") == 0 && ep->loopback)) {
-        problem = "must be https:// (http:// only for a loopback host)";
-        goto done;
-    }
-    if (curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
-        curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
-        curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
-        strcmp(path, "/") != 0) {
-        problem = "must be only scheme://host[:port], without credentials, path or query";
-        goto done;
-    }
-    ep->host_start = strlen(scheme) + 3; /* after "://" */
-    ep->host_len = strlen(host);
-    ep->port = strtol(port, NULL, 10);
-    ep->base = malloc(ep->host_start + ep->host_len + strlen(port) + 2);
-    if (ep->base == NULL) {
-        problem = "out of memory";
-        goto done;
-    }
-    sprintf(ep->base, "%s://%s:%s", scheme, host, port);
-done:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_free(path);
-    curl_free(extra);
-    curl_url_cleanup(u);
-    return problem;
-}
 
 /* ---- option reading (the Lua layer validated them; this guards C) ---- */
 
@@ -158,159 +82,9 @@ static void read_options(lua_State *L, dp_options *o, dp_endpoint *ep)
     o->timeout_ms = opt_millis(L, "timeout", 60);
     o->connect_ms = opt_millis(L, "connect_timeout", 10);
     luaL_argcheck(L, o->endpoint != NULL, 1, "option 'endpoint' is required");
-    problem = parse_endpoint(o->endpoint, ep);
+    problem = dp_parse_endpoint(o->endpoint, ep);
     if (problem != NULL)
         luaL_error(L, "option 'endpoint' %s", problem);
-}
-
-/* ---- one transfer: libcurl's callbacks write into a dp_transfer ---- */
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
-{
-    dp_transfer *t = ud;
-    size_t n = size * nmemb;
-
-    if (n > BODY_MAX - t->body_len) {
-        t->too_large = 1;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    if (t->body_len + n > t->body_cap) {
-        size_t cap = t->body_cap ? t->body_cap : 1024;
-        char *p;
-        while (cap < t->body_len + n)
-            cap *= 2;
-        if (cap > BODY_MAX)
-            cap = BODY_MAX;
-        p = realloc(t->body, cap);
-        if (p == NULL)
-            return 0;
-        t->body = p;
-        t->body_cap = cap;
-    }
-    memcpy(t->body + t->body_len, data, n);
-    t->body_len += n;
-    return n;
-}
-
-void dp_keep_header(const char *line, size_t len, const char *name, char *out, size_t cap)
-{
-    size_t name_len = strlen(name), i, n = 0;
-
-    if (len <= name_len || strncasecmp(line, name, name_len) != 0 || line[name_len] != ':')
-        return;
-    for (i = name_len + 1; i < len && line[i] == ' '; i++)
-        ;
-    for (; i < len && n + 1 < cap && line[i] >= 0x20 && line[i] <= 0x7e; i++)
-        out[n++] = line[i];
-    while (n > 0 && out[n - 1] == ' ')
-        n--;
-    out[n] = '\0';
-}
-
-static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
-{
-    dp_transfer *t = ud;
-    size_t n = size * nmemb;
-
-    if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) { /* a new response (after 100 Continue) */
-        t->content_type[0] = '\0';
-        t->retry_after[0] = '\0';
-        t->headers_done = 0;
-    }
-    if ((n == 2 && line[0] == '\r' && line[1] == '\n') || (n == 1 && line[0] == '\n'))
-        t->headers_done = 1;
-    else if (line[0] == 'c' || line[0] == 'C') /* the two names kept, cheaply told apart */
-        dp_keep_header(line, n, "content-type", t->content_type, sizeof t->content_type);
-    else if (line[0] == 'r' || line[0] == 'R')
-        dp_keep_header(line, n, "retry-after", t->retry_after, sizeof t->retry_after);
-    return n;
-}
-
-/* Counts the times a request really goes out: libcurl sends a request
- * again on a new connection when a reused one turns out dead, and a retry
- * must know whether the server may have seen it. libcurl calls this right
- * before each send, the silent one included. */
-static int on_send(void *ud, char *primary_ip, char *local_ip, int primary_port, int local_port)
-{
-    dp_transfer *t = ud;
-
-    (void)primary_ip;
-    (void)local_ip;
-    (void)primary_port;
-    (void)local_port;
-    t->sends++;
-    return CURL_PREREQFUNC_OK;
-}
-
-CURLcode dp_transfer_bind(dp_transfer *t)
-{
-    CURLcode rc = curl_easy_setopt(t->curl, CURLOPT_WRITEFUNCTION, on_body);
-
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_WRITEDATA, (void *)t);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_HEADERFUNCTION, on_header);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_HEADERDATA, (void *)t);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_PREREQFUNCTION, on_send);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_PREREQDATA, (void *)t);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(t->curl, CURLOPT_ERRORBUFFER, t->errbuf);
-    return rc;
-}
-
-void dp_transfer_reset(dp_transfer *t)
-{
-    t->body_len = 0;
-    t->too_large = 0;
-    t->headers_done = 0;
-    t->sends = 0;
-    t->content_type[0] = t->retry_after[0] = t->errbuf[0] = '\0';
-}
-
-struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,
-                                       const char *token, size_t token_len)
-{
-    if (type != NULL) {
-        t->type_node.data = type;
-        t->type_node.next = headers;
-        headers = &t->type_node;
-    }
-    if (token != NULL) {
-        memcpy(t->auth, AUTH_PREFIX, sizeof AUTH_PREFIX - 1);
-        memcpy(t->auth + sizeof AUTH_PREFIX - 1, token, token_len);
-        t->auth[sizeof AUTH_PREFIX - 1 + token_len] = '\0';
-        t->auth_len = sizeof AUTH_PREFIX + token_len;
-        t->auth_node.data = t->auth;
-        t->auth_node.next = headers;
-        headers = &t->auth_node;
-    }
-    return headers;
-}
-
-void dp_transfer_wipe(dp_transfer *t)
-{
-    dp_wipe(t->auth, t->auth_len);
-    t->auth_len = 0;
-    if (t->body != NULL)
-        dp_wipe(t->body, t->body_len); /* token endpoints answer with secrets */
-    t->body_len = 0;
-}
-
-void dp_transfer_free(dp_transfer *t)
-{
-    if (t->curl != NULL)
-        curl_easy_cleanup(t->curl);
-    t->curl = NULL;
-    dp_wipe(t->auth, t->auth_len);
-    t->auth_len = 0;
-    if (t->body != NULL)
-        dp_wipe(t->body, t->body_cap);
-    free(t->body);
-    t->body = NULL;
-    t->body_len = t->body_cap = 0;
 }
 
 /* ---- lifecycle ---- */
@@ -320,23 +94,44 @@ dp_client *dp_check_client(lua_State *L, int idx)
     return luaL_checkudata(L, idx, DP_CLIENT_MT);
 }
 
-/* close, __gc and __close: idempotent. */
-static int l_close(lua_State *L)
+/* Frees c's libcurl objects; in a forked child, abandons them instead. */
+static void drop_handles(dp_client *c)
 {
-    dp_client *c = dp_check_client(L, 1);
+    CURL *easy[3];
+    int i, forked = dp_forked(c->pid);
 
-    if (c->multi != NULL)
-        dp_multi_cancel(L, c);
-    dp_transfer_free(&c->req);
-    if (c->unshared != NULL)
-        curl_easy_cleanup(c->unshared);
-    c->unshared = NULL;
-    if (c->download != NULL)
-        curl_easy_cleanup(c->download);
-    c->download = NULL;
-    if (c->share != NULL) /* after its last handle */
+    easy[0] = c->req.curl;
+    easy[1] = c->unshared;
+    easy[2] = c->dl.curl;
+    c->req.curl = c->unshared = c->dl.curl = NULL;
+    for (i = 0; i < 3; i++) {
+        if (easy[i] != NULL && c->engine != NULL && !forked)
+            (void)curl_multi_remove_handle(c->engine, easy[i]); /* a raise left it there */
+        if (easy[i] != NULL && forked)
+            dp_abandon(easy[i]);
+        else if (easy[i] != NULL)
+            curl_easy_cleanup(easy[i]);
+    }
+    if (c->engine != NULL && forked)
+        dp_abandon(c->engine);
+    else if (c->engine != NULL)
+        (void)curl_multi_cleanup(c->engine); /* OK: no handle is left in it */
+    c->engine = NULL;
+    if (c->share != NULL && !forked) /* after its last handle */
         dp_share_release(c->share);
-    c->share = NULL;
+    c->share = NULL; /* a forked child's share was abandoned with its state's */
+    c->url_set = 0;
+}
+
+static void release(lua_State *L, dp_client *c)
+{
+    if (c->multi != NULL && dp_forked(c->pid))
+        dp_multi_forget(L, c);
+    else if (c->multi != NULL)
+        dp_multi_cancel(L, c);
+    drop_handles(c);
+    dp_transfer_free(&c->req); /* the buffers; the handles are gone */
+    dp_transfer_free(&c->dl);
     curl_slist_free_all(c->headers);
     c->headers = NULL;
     free(c->base);
@@ -348,13 +143,35 @@ static int l_close(lua_State *L)
     free(c->post);
     c->post = NULL;
     c->post_cap = c->post_len = 0;
+    c->closing = 0;
+}
+
+/* close and __close: idempotent. Inside a callback of the client's own
+ * running call, the call stops and the close completes when it returns. */
+static int l_close(lua_State *L)
+{
+    dp_client *c = dp_check_client(L, 1);
+
+    if (c->busy)
+        c->closing = c->req.curl != NULL;
+    else
+        release(L, c);
+    return 0;
+}
+
+/* __gc: nothing can be running then (a running call holds the client),
+ * but lua_close from a callback (os.exit(code, true)) finalizes all. */
+static int l_gc(lua_State *L)
+{
+    release(L, dp_check_client(L, 1));
     return 0;
 }
 
 static int l_tostring(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
-    lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c, c->req.curl ? "" : " (closed)");
+    lua_pushfstring(L, DP_CLIENT_MT ": %p%s", (void *)c,
+                    c->req.curl != NULL && !c->closing ? "" : " (closed)");
     return 1;
 }
 
@@ -388,6 +205,8 @@ static int l_new(lua_State *L)
     c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
     c->ref = LUA_NOREF;
+    c->pid = getpid();
+    c->req.sink = c->dl.sink = -1;
     luaL_getmetatable(L, DP_CLIENT_MT);
     lua_setmetatable(L, -2);
 
@@ -430,7 +249,7 @@ static int l_new(lua_State *L)
     SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
     SETOPT(CURLOPT_TIMEOUT_MS, o.timeout_ms);
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, o.connect_ms);
-    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)BODY_MAX);
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)DP_BODY_MAX);
     /* A proxy only ever sees a CONNECT tunnel, never a request in clear. */
     SETOPT(CURLOPT_HTTPPROXYTUNNEL, 1L);
     if (o.proxy != NULL)
@@ -440,8 +259,7 @@ static int l_new(lua_State *L)
     if (o.user_agent != NULL)
         SETOPT(CURLOPT_USERAGENT, o.user_agent);
     SETOPT(CURLOPT_HTTPHEADER, c->headers);
-    SETOPT(CURLOPT_PRIVATE, (void *)c);
-    if (dp_transfer_bind(&c->req) != CURLE_OK)
+    if (dp_transfer_bind(&c->req, c) != CURLE_OK)
         return luaL_error(L, "libcurl refused the transfer's callbacks");
     return 1;
 }
@@ -474,45 +292,47 @@ static int l_check_options(lua_State *L)
     return 1;
 }
 
+/* ---- a process of its own ---- */
+
+/* In a process forked from the one that made c: c's handles, its engine
+ * and its share hold that process's connections. They are abandoned, and
+ * c starts afresh with a copy of its options (curl_easy_duphandle copies
+ * no connection and no share) and this process's share. */
+static void restart(lua_State *L, dp_client *c)
+{
+    CURL *fresh = curl_easy_duphandle(c->req.curl);
+
+    if (c->multi != NULL)
+        dp_multi_forget(L, c);
+    drop_handles(c); /* abandons: c->pid is the parent's */
+    c->pid = getpid();
+    if (fresh == NULL)
+        luaL_error(L, "out of memory"); /* c stays closed */
+    c->req.curl = fresh;
+    c->share = dp_share_acquire(L);
+    if (curl_easy_setopt(fresh, CURLOPT_SHARE, dp_share_handle(c->share)) != CURLE_OK ||
+        curl_easy_setopt(fresh, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK ||
+        curl_easy_setopt(fresh, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL) != CURLE_OK ||
+        dp_transfer_bind(&c->req, c) != CURLE_OK)
+        luaL_error(L, "libcurl refused a copy of the client's options");
+}
+
+int dp_client_ready(lua_State *L, dp_client *c)
+{
+    if (c->req.curl == NULL || c->closing)
+        return 0;
+    if (c->busy)
+        luaL_error(L, "client is busy: one of its calls is running (called from that call's callback?)");
+    if (dp_forked(c->pid))
+        restart(L, c);
+    if (c->multi != NULL)
+        luaL_error(L, "client is busy with an asynchronous request");
+    return 1;
+}
+
 /* ---- requests ---- */
 
-int dp_fail(lua_State *L, const char *kind, const char *message)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, kind);
-    lua_pushstring(L, message);
-    return 3;
-}
-
-const char *dp_kind_of(CURLcode rc, const dp_transfer *t)
-{
-    switch (rc) {
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-        return "dns";
-    case CURLE_COULDNT_CONNECT:
-        return "connect";
-    case CURLE_FILESIZE_EXCEEDED:
-        return "too_large";
-    case CURLE_WRITE_ERROR:
-        return t->too_large ? "too_large" : "network";
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS:
-        return "tls";
-    default:
-        return "network";
-    }
-}
-
-int dp_valid_method(const char *m)
+static int valid_method(const char *m)
 {
     return strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 ||
            strcmp(m, "PATCH") == 0 || strcmp(m, "DELETE") == 0;
@@ -612,19 +432,17 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared)
     const char *problem;
     CURLcode rc;
 
-    luaL_argcheck(L, dp_valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
+    luaL_argcheck(L, valid_method(method), arg, "method must be GET, POST, PUT, PATCH or DELETE");
     luaL_argcheck(L, dp_valid_path(path, path_len), arg + 1, "path must start with / and be printable ASCII");
     luaL_argcheck(L, body == NULL || strcmp(method, "GET") != 0, arg + 3, "a GET has no body");
     luaL_argcheck(L, strcmp(form, "json") == 0 || strcmp(form, "form") == 0, arg + 4,
                   "body type must be 'json' or 'form'");
-    if (c->req.curl == NULL)
-        return dp_fail(L, "closed", "client is closed");
-    if (c->multi != NULL)
-        return luaL_error(L, "client is busy with an asynchronous request");
+    if (!dp_client_ready(L, c))
+        return dp_push_failure(L, "closed", "client is closed", DP_SENT_NO);
     if (token != NULL && (problem = dp_token_problem(token, token_len)) != NULL)
-        return dp_fail(L, "invalid_token", problem);
+        return dp_push_failure(L, "invalid_token", problem, DP_SENT_NO);
     if (unshared && !dp_client_swap(c))
-        return dp_fail(L, "network", "out of memory");
+        return dp_push_failure(L, "network", "out of memory", DP_SENT_NO);
 
     if (strcmp(method, "GET") != 0)
         type = body == NULL ? dp_no_type : form[0] == 'f' ? form_type : json_type;
@@ -639,7 +457,7 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared)
         dp_client_release(c);
         if (unshared)
             (void)dp_client_swap(c);
-        return dp_fail(L, "network", curl_easy_strerror(rc));
+        return dp_push_failure(L, "network", curl_easy_strerror(rc), DP_SENT_NO);
     }
     return 0;
 }
@@ -658,22 +476,30 @@ void dp_client_release(dp_client *c)
     c->post_len = 0;
 }
 
-int dp_transfer_push(lua_State *L, dp_transfer *t, CURLcode rc)
-{
-    long status = 0;
+static const char *const sent_names[] = {"no", "yes", "stale"};
 
-    if (rc == CURLE_OK)
-        rc = curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &status);
-    if (rc == CURLE_OK && !t->headers_done) {
-        dp_fail(L, "network", "the connection closed before the headers ended");
-    } else if (rc != CURLE_OK) {
-        const char *kind = dp_kind_of(rc, t);
-        if (strcmp(kind, "too_large") == 0)
-            dp_fail(L, kind, "response body is larger than 1 MiB");
-        else
-            dp_fail(L, kind, t->errbuf[0] != '\0' ? t->errbuf : curl_easy_strerror(rc));
+int dp_push_failure(lua_State *L, const char *kind, const char *message, dp_sent sent)
+{
+    int i;
+
+    for (i = 0; i < 4; i++)
+        lua_pushnil(L);
+    lua_pushstring(L, kind);
+    lua_pushstring(L, message);
+    lua_pushstring(L, sent_names[sent]);
+    return 7;
+}
+
+int dp_push_result(lua_State *L, dp_transfer *t, CURLcode rc)
+{
+    const char *message = NULL;
+    dp_sent sent;
+    const char *kind = dp_transfer_result(t, rc, &message, &sent);
+
+    if (kind != DP_OK) {
+        dp_push_failure(L, kind, message, sent);
     } else {
-        lua_pushinteger(L, status);
+        lua_pushinteger(L, t->status);
         lua_pushlstring(L, t->body ? t->body : "", t->body_len);
         if (t->content_type[0] != '\0')
             lua_pushstring(L, t->content_type);
@@ -683,18 +509,68 @@ int dp_transfer_push(lua_State *L, dp_transfer *t, CURLcode rc)
             lua_pushstring(L, t->retry_after);
         else
             lua_pushnil(L);
-        dp_transfer_wipe(t);
-        return 4;
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushnil(L);
     }
-    lua_pushinteger(L, t->sends);
     dp_transfer_wipe(t);
-    return 4;
+    return 7;
+}
+
+/* ---- the blocking loop ---- */
+
+int dp_client_run(lua_State *L, dp_client *c, dp_transfer *t,
+                  int (*between)(lua_State *L, dp_transfer *t, void *ud), void *ud, CURLcode *rc)
+{
+    CURLMcode mrc = CURLM_OK;
+    int running = 1, wait = 0, status = DP_GO_ON;
+    pid_t pid = c->pid;
+
+    *rc = CURLE_OK;
+    if (c->engine == NULL && (c->engine = curl_multi_init()) == NULL) {
+        *rc = CURLE_OUT_OF_MEMORY;
+        return DP_GO_ON;
+    }
+    if ((mrc = curl_multi_add_handle(c->engine, t->curl)) != CURLM_OK)
+        running = 0;
+    while (running) {
+        mrc = dp_engine_step(c->engine, wait, &running);
+        wait = 1;
+        if (mrc != CURLM_OK)
+            break;
+        if (between != NULL && (status = between(L, t, ud)) != DP_GO_ON)
+            break;
+        if (dp_forked(pid)) /* in a callback: the parent goes on with t */
+            return DP_STOPPED;
+        if (c->closing) {
+            status = DP_STOPPED;
+            break;
+        }
+    }
+    if (status == DP_RAISED && dp_forked(pid))
+        return DP_RAISED;
+    if (mrc != CURLM_OK || status != DP_GO_ON || dp_engine_done(c->engine, rc) != t) {
+        (void)curl_multi_remove_handle(c->engine, t->curl);
+        if (mrc != CURLM_OK) {
+            snprintf(t->errbuf, sizeof t->errbuf, "%s", curl_multi_strerror(mrc));
+            *rc = CURLE_FAILED_INIT;
+        }
+    }
+    return status;
+}
+
+void dp_client_unbusy(lua_State *L, dp_client *c, pid_t pid)
+{
+    c->busy = 0;
+    if (dp_forked(pid))
+        luaL_error(L, "the process forked inside a callback: the child cannot go on with the "
+                      "parent's transfer");
+    if (c->closing)
+        release(L, c);
 }
 
 /* client:request(method, path [, token [, body [, "json"|"form"]]])
- *   -> status, body, content_type|nil, retry_after|nil
- *   -> nil, kind, message, sends  (nothing was received, or the body was
- *      cut; sends: how many times the request went out, 0 if never) */
+ *   -> the seven values of docs/transport.md */
 static int l_request(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
@@ -703,29 +579,22 @@ static int l_request(lua_State *L)
 
     if (failed)
         return failed;
-    rc = curl_easy_perform(c->req.curl);
+    (void)dp_client_run(L, c, &c->req, NULL, NULL, &rc); /* no callback: it runs to its end */
     dp_client_release(c);
-    return dp_transfer_push(L, &c->req, rc);
-}
-
-void dp_client_method(lua_State *L, const char *name, lua_CFunction fn)
-{
-    luaL_getmetatable(L, DP_CLIENT_MT);
-    lua_getfield(L, -1, "__index");
-    lua_pushcfunction(L, fn);
-    lua_setfield(L, -2, name);
-    lua_pop(L, 2);
+    return dp_push_result(L, &c->req, rc);
 }
 
 void dp_client_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"request", l_request},
+        {"download", dp_client_download},
+        {"many", dp_client_many},
         {"close", l_close},
         {NULL, NULL}
     };
     static const luaL_Reg meta[] = {
-        {"__gc", l_close},
+        {"__gc", l_gc},
         {"__close", l_close},
         {"__tostring", l_tostring},
         {NULL, NULL}

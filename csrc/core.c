@@ -10,11 +10,7 @@
 #include "dp.h"
 #include "token.h"
 
-#if defined(_WIN32)
-#define DP_EXPORT __declspec(dllexport)
-#else
-#define DP_EXPORT __attribute__((visibility("default")))
-#endif
+#define DP_VERSION "0.1.0"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_result = CURLE_FAILED_INIT;
@@ -75,7 +71,32 @@ static int l_now(lua_State *L)
     return 1;
 }
 
-DP_EXPORT int luaopen_dataportability_core(lua_State *L)
+/* core.limits: docs/transport.md */
+static void push_limits(lua_State *L)
+{
+    static const struct {
+        const char *name;
+        lua_Integer value;
+    } limits[] = {
+        {"body_max", DP_BODY_MAX},
+        {"content_type_max", DP_CONTENT_TYPE_MAX - 1},
+        {"retry_after_max", DP_RETRY_AFTER_MAX - 1},
+        {"header_lines_max", DP_HEADER_LINES_MAX},
+        {"concurrency_max", DP_CONCURRENCY_MAX},
+        {"token_max", DP_TOKEN_MAX},
+    };
+    size_t i;
+
+    lua_createtable(L, 0, (int)(sizeof limits / sizeof limits[0]));
+    for (i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        lua_pushinteger(L, limits[i].value);
+        lua_setfield(L, -2, limits[i].name);
+    }
+    lua_setfield(L, -2, "limits");
+}
+
+/* Unix only (the rockspec says so): no Windows export macro. */
+__attribute__((visibility("default"))) int luaopen_dataportability_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"check_token", l_check_token},
@@ -91,13 +112,13 @@ DP_EXPORT int luaopen_dataportability_core(lua_State *L)
     dp_setfuncs(L, funcs);
     dp_client_open(L);
     dp_share_open(L);
-    dp_download_open(L);
     dp_batch_open(L);
     dp_crypto_open(L);
     dp_multi_open(L);
+    lua_pushliteral(L, DP_VERSION);
+    lua_setfield(L, -2, "_VERSION");
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
     lua_setfield(L, -2, "curl_version");
-    lua_pushinteger(L, DP_TOKEN_MAX);
-    lua_setfield(L, -2, "token_max");
+    push_limits(L);
     return 1;
 }

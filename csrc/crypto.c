@@ -22,6 +22,13 @@ static void push_base64(lua_State *L, const unsigned char *bytes, int n, int url
     lua_pushlstring(L, out, (size_t)len);
 }
 
+static int md5_failed(lua_State *L, const char *message)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, message);
+    return 2;
+}
+
 /* core.md5_file(path) -> base64 MD5 of the file | nil, message */
 static int l_md5_file(lua_State *L)
 {
@@ -34,7 +41,7 @@ static int l_md5_file(lua_State *L)
     EVP_MD_CTX *ctx;
 
     if (fp == NULL)
-        return dp_fail(L, "io", "cannot open the file");
+        return md5_failed(L, "cannot open the file");
     ctx = EVP_MD_CTX_new();
     ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1;
     while (ok && (n = fread(buf, 1, sizeof buf, fp)) > 0)
@@ -43,7 +50,7 @@ static int l_md5_file(lua_State *L)
     EVP_MD_CTX_free(ctx);
     fclose(fp);
     if (!ok)
-        return dp_fail(L, "io", "cannot read the file");
+        return md5_failed(L, "cannot read the file");
     push_base64(L, digest, (int)len, 0);
     return 1;
 }

@@ -1,319 +1,203 @@
-#define _POSIX_C_SOURCE 200809L /* fileno, ftruncate */
-/* Downloads of archive files to disk: streamed, so memory stays flat for
- * any size, resumable with Range, never with an Authorization header. The
- * handle is a duplicate of the client's, so it shares the CA, proxy,
- * timeouts and user agent, but it sends none of the API's headers. */
+#define _POSIX_C_SOURCE 200809L /* O_CLOEXEC */
+/* client:download: archive files streamed to disk, so memory stays flat
+ * for any size, resumable with Range, never with an Authorization header.
+ * The handle is a copy of the client's, so it shares the CA, proxy,
+ * timeouts and user agent, but it sends none of the API's headers. The
+ * progress function runs between the engine's steps, never inside
+ * libcurl. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
 #include <unistd.h>
 
 #include "dp.h"
+#include "endpoint.h"
 
-#define ERROR_BODY_MAX (64 * 1024) /* an error answer is kept, not written */
 #define PROGRESS_STEP (1024 * 1024)
 
-typedef struct {
-    dp_client *c;
-    lua_State *L;
-    FILE *fp;
-    curl_off_t offset;    /* bytes already in the file when the call began */
-    curl_off_t written;   /* bytes written by this call */
-    int started;          /* the first body byte has been seen */
-    int failed_io;
-    long status;
-    char error_body[512]; /* the start of a non-2xx body, for the message */
-    size_t error_len, error_total;
-    char md5[64];         /* from x-goog-hash, base64 */
-    char content_range[96];
-    int progress;         /* stack index of the progress function, or 0 */
-    curl_off_t reported;
-    char *callback_error; /* a progress function's error, raised later */
-} dp_download;
-
-static size_t on_data(char *data, size_t size, size_t nmemb, void *ud)
+/* The download handle, made on first use. */
+static CURLcode make_handle(dp_client *c)
 {
-    dp_download *d = ud;
-    size_t n = size * nmemb;
+    CURLcode rc;
 
-    if (!d->started) {
-        d->started = 1;
-        if (curl_easy_getinfo(d->c->download, CURLINFO_RESPONSE_CODE, &d->status) != CURLE_OK)
-            return 0;
-        /* The server ignored the Range: start the file again. */
-        if (d->status == 200 && d->offset > 0) {
-            if (fflush(d->fp) != 0 || ftruncate(fileno(d->fp), 0) != 0) {
-                d->failed_io = 1;
-                return 0;
-            }
-            d->offset = 0;
-        }
-    }
-    if (d->status < 200 || d->status >= 300) {
-        size_t keep = sizeof d->error_body - 1 - d->error_len;
-        if (keep > n)
-            keep = n;
-        memcpy(d->error_body + d->error_len, data, keep);
-        d->error_len += keep;
-        d->error_total += n;
-        return d->error_total <= ERROR_BODY_MAX ? n : 0;
-    }
-    if (fwrite(data, 1, n, d->fp) != n) {
-        d->failed_io = 1;
-        return 0;
-    }
-    d->written += (curl_off_t)n;
-    return n;
+    c->dl.curl = curl_easy_duphandle(c->req.curl);
+    if (c->dl.curl == NULL)
+        return CURLE_OUT_OF_MEMORY;
+    rc = dp_transfer_bind(&c->dl, c);
+    /* None of the API's headers, no overall time limit (files may be
+     * large), but a stalled transfer ends: under 1 byte/s for 60 s. */
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, dp_share_handle(c->share));
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_TIMEOUT_MS, 0L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)0);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_TIME, 60L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_HTTPGET, 1L);
+    return rc;
 }
 
-static size_t on_head(char *line, size_t size, size_t nmemb, void *ud)
+static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset)
 {
-    dp_download *d = ud;
-    size_t n = size * nmemb;
-    char hash[256] = "";
-    const char *md5;
+    char range[48];
+    CURLcode rc = c->dl.curl == NULL ? make_handle(c) : CURLE_OK;
 
-    dp_keep_header(line, n, "content-range", d->content_range, sizeof d->content_range);
-    dp_keep_header(line, n, "x-goog-hash", hash, sizeof hash);
-    md5 = strstr(hash, "md5=");
-    if (md5 != NULL) {
-        size_t k = strcspn(md5 + 4, ",");
-        if (k < sizeof d->md5) {
-            memcpy(d->md5, md5 + 4, k);
-            d->md5[k] = '\0';
-        }
-    }
-    return n;
-}
-
-/* Calls the progress function every PROGRESS_STEP bytes. Its errors are
- * kept and raised once libcurl has returned. */
-static int on_progress(void *ud, curl_off_t total, curl_off_t now, curl_off_t ut, curl_off_t un)
-{
-    dp_download *d = ud;
-    curl_off_t done = d->offset + now;
-
-    (void)ut;
-    (void)un;
-    if (d->progress == 0 || now - d->reported < PROGRESS_STEP || d->status / 100 != 2)
-        return 0;
-    d->reported = now;
-    lua_pushvalue(d->L, d->progress);
-    lua_pushnumber(d->L, (lua_Number)done);
-    if (total > 0)
-        lua_pushnumber(d->L, (lua_Number)(d->offset + total));
-    else
-        lua_pushnil(d->L);
-    if (lua_pcall(d->L, 2, 0, 0) != 0) {
-        const char *msg = lua_tostring(d->L, -1);
-        d->callback_error = strdup(msg ? msg : "error in the progress function");
-        lua_pop(d->L, 1);
-        return 1; /* aborts the transfer */
-    }
-    return 0;
-}
-
-/* The URL must be https; http only to a loopback host, and only when the
- * API endpoint is loopback too (the emulator): a hostile API server must
- * not make the client fetch local services. */
-static const char *check_url(const char *url, int loopback_endpoint, int *https)
-{
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *user = NULL;
-    const char *problem = NULL;
-
-    if (u == NULL)
-        return "out of memory";
-    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-        problem = "is not a URL";
-    else if (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER)
-        problem = "carries credentials";
-    else if (!(*https = strcmp(scheme, "https") == 0) &&
-             !(strcmp(scheme, "http") == 0 && loopback_endpoint && dp_is_loopback(host)))
-        problem = "is not https://";
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(user);
-    curl_url_cleanup(u);
-    return problem;
-}
-
-static CURLcode prepare(dp_client *c, dp_download *d, const char *url, int https, char *range)
-{
-    CURLcode rc = CURLE_OK;
-
-    if (c->download == NULL) {
-        c->download = curl_easy_duphandle(c->req.curl);
-        if (c->download == NULL)
-            return CURLE_OUT_OF_MEMORY;
-        /* None of the API's headers, no overall time limit (files may be
-         * large), but a stalled transfer ends: under 1 byte/s for 60 s. */
-        rc = curl_easy_setopt(c->download, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_SHARE, dp_share_handle(c->share));
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_TIMEOUT_MS, 0L);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)0);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_LOW_SPEED_TIME, 60L);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_ERRORBUFFER, c->req.errbuf);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_WRITEFUNCTION, on_data);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_HEADERFUNCTION, on_head);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_XFERINFOFUNCTION, on_progress);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_NOPROGRESS, 0L);
-        if (rc == CURLE_OK)
-            rc = curl_easy_setopt(c->download, CURLOPT_HTTPGET, 1L);
-    }
+    snprintf(range, sizeof range, "%lld-", (long long)offset);
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_PROTOCOLS_STR, https ? "https" : "http");
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_PROTOCOLS_STR, https ? "https" : "http");
 #else
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_PROTOCOLS, https ? CURLPROTO_HTTPS : CURLPROTO_HTTP);
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_PROTOCOLS, https ? CURLPROTO_HTTPS : CURLPROTO_HTTP);
 #endif
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_URL, url);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_RANGE, d->offset > 0 ? range : (char *)NULL);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_WRITEDATA, (void *)d);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_HEADERDATA, (void *)d);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->download, CURLOPT_XFERINFODATA, (void *)d);
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_URL, url);
+    if (rc == CURLE_OK) /* libcurl copies it */
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_RANGE, offset > 0 ? range : (char *)NULL);
     return rc;
 }
 
 /* The size the whole file will have: Content-Range's total, else the
  * offset plus Content-Length; -1 when the server did not say. */
-static curl_off_t expected_total(dp_client *c, dp_download *d)
+static curl_off_t expected_total(const dp_transfer *t)
 {
-    const char *slash = strchr(d->content_range, '/');
+    const char *slash = strchr(t->content_range, '/');
     curl_off_t length = -1;
 
     if (slash != NULL && slash[1] >= '0' && slash[1] <= '9')
         return (curl_off_t)strtoll(slash + 1, NULL, 10);
-    if (curl_easy_getinfo(c->download, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK || length < 0)
+    if (curl_easy_getinfo(t->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK || length < 0)
         return -1;
-    return d->offset + length;
+    return t->offset + length;
 }
 
-/* info = {written=, size=, total=, md5=, error_body=} */
-static void push_info(lua_State *L, dp_client *c, dp_download *d)
+typedef struct {
+    int fn;             /* stack index of the progress function, or 0 */
+    curl_off_t reported;
+} dp_progress;
+
+/* Between the engine's steps: progress(done, total) once per MiB. */
+static int report(lua_State *L, dp_transfer *t, void *ud)
 {
-    int ok = d->status / 100 == 2;
-    curl_off_t total = ok ? expected_total(c, d) : -1;
+    dp_progress *p = ud;
+    curl_off_t total;
 
-    lua_createtable(L, 0, 5);
-    lua_pushinteger(L, (lua_Integer)d->written);
-    lua_setfield(L, -2, "written");
-    lua_pushinteger(L, (lua_Integer)(d->offset + (ok ? d->written : 0)));
-    lua_setfield(L, -2, "size");
-    if (total >= 0) {
-        lua_pushinteger(L, (lua_Integer)total);
-        lua_setfield(L, -2, "total");
-    }
-    /* The hash is of the whole object: only a whole answer carries it. */
-    if (d->md5[0] != '\0' && d->status == 200) {
-        lua_pushstring(L, d->md5);
-        lua_setfield(L, -2, "md5");
-    }
-    if (d->error_len > 0) {
-        lua_pushlstring(L, d->error_body, d->error_len);
-        lua_setfield(L, -2, "error_body");
-    }
+    if (p->fn == 0 || t->status / 100 != 2 || t->written - p->reported < PROGRESS_STEP)
+        return DP_GO_ON;
+    p->reported = t->written;
+    total = expected_total(t);
+    lua_pushvalue(L, p->fn);
+    lua_pushnumber(L, (lua_Number)(t->offset + t->written));
+    if (total >= 0)
+        lua_pushnumber(L, (lua_Number)total);
+    else
+        lua_pushnil(L);
+    return lua_pcall(L, 2, 0, 0) == 0 ? DP_GO_ON : DP_RAISED;
 }
 
-/* client:download(url, path [, progress]) -> status, info
+static void set_integer(lua_State *L, const char *name, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, name);
+}
+
+static void set_string(lua_State *L, const char *name, const char *s, size_t len)
+{
+    lua_pushlstring(L, s, len);
+    lua_setfield(L, -2, name);
+}
+
+/* The result table of docs/transport.md; kind NULL when t answered. */
+static int push_result(lua_State *L, const dp_transfer *t, const char *kind, const char *message)
+{
+    int ok = kind == NULL && t->status / 100 == 2;
+    curl_off_t total = ok ? expected_total(t) : -1;
+
+    lua_createtable(L, 0, 6);
+    if (kind != NULL) {
+        set_string(L, "kind", kind, strlen(kind));
+        set_string(L, "message", message, strlen(message));
+    } else {
+        set_integer(L, "status", t->status);
+    }
+    set_integer(L, "written", (lua_Integer)t->written);
+    set_integer(L, "size", (lua_Integer)(t->offset + t->written));
+    if (total >= 0)
+        set_integer(L, "total", (lua_Integer)total);
+    /* The hash is of the whole object: only a whole answer carries it. */
+    if (t->status == 200 && t->md5[0] != '\0')
+        set_string(L, "md5", t->md5, strlen(t->md5));
+    if (kind == NULL && !ok && t->body_len > 0)
+        set_string(L, "error_body", t->body, t->body_len);
+    return 1;
+}
+
+/* client:download(url, path [, progress]) -> result (docs/transport.md)
  *   Appends to `path` from its current size with a Range request (a new
- *   file starts at 0). info: written (bytes this call), size (of the file
- *   now), total (the whole file's size, when the server said), md5 (the
- *   server's x-goog-hash, base64, on a whole answer), error_body (the start
- *   of a non-2xx answer). progress(done, total) runs every MiB.
- *   -> nil, kind, message, info   (kind "io": a local file error) */
-static int l_download(lua_State *L)
+ *   file starts at 0). progress(done, total) runs every MiB. */
+int dp_client_download(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
     const char *url = luaL_checkstring(L, 2);
     const char *path = luaL_checkstring(L, 3);
-    dp_download d;
-    char range[48];
-    const char *problem;
-    int https = 0;
-    CURLcode rc;
+    dp_progress progress = {0, 0};
+    const char *problem, *kind, *message = NULL;
+    int https = 0, fd, status;
+    pid_t pid;
+    dp_sent sent;
     off_t at;
+    CURLcode rc;
 
-    memset(&d, 0, sizeof d);
-    d.c = c;
-    d.L = L;
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TFUNCTION);
-        d.progress = 4;
+        progress.fn = 4;
     }
-    if (c->req.curl == NULL)
-        return dp_fail(L, "closed", "client is closed");
-    if (c->multi != NULL) /* its handle is the one download copies */
-        return luaL_error(L, "client is busy with an asynchronous request");
+    lua_settop(L, 4);
+    dp_transfer_reset(&c->dl);
+    if (!dp_client_ready(L, c))
+        return push_result(L, &c->dl, "closed", "client is closed");
     /* The URL comes from the server: a bad one is an answer, not a bug. */
-    if ((problem = check_url(url, c->loopback, &https)) != NULL) {
-        lua_pushnil(L);
-        lua_pushstring(L, "http");
+    if ((problem = dp_check_download_url(url, c->loopback, &https)) != NULL) {
         lua_pushfstring(L, "the server listed a download URL that %s", problem);
-        return 3;
+        return push_result(L, &c->dl, "http", lua_tostring(L, -1));
     }
-    d.fp = fopen(path, "ab");
-    if (d.fp == NULL)
-        return dp_fail(L, "io", "cannot open the file for writing");
-    at = fseeko(d.fp, 0, SEEK_END) == 0 ? ftello(d.fp) : -1;
-    if (at < 0) {
-        fclose(d.fp);
-        return dp_fail(L, "io", "cannot tell the file's size");
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return push_result(L, &c->dl, "io", "cannot open the file for writing");
+    at = lseek(fd, 0, SEEK_END);
+    if (at < 0 || (rc = prepare(c, url, https, (curl_off_t)at)) != CURLE_OK) {
+        (void)close(fd);
+        return push_result(L, &c->dl, at < 0 ? "io" : "network",
+                           at < 0 ? "cannot tell the file's size" : curl_easy_strerror(rc));
     }
-    d.offset = (curl_off_t)at;
-    snprintf(range, sizeof range, "%lld-", (long long)at);
-    c->req.errbuf[0] = '\0';
-    rc = prepare(c, &d, url, https, range);
-    if (rc == CURLE_OK)
-        rc = curl_easy_perform(c->download);
-    if (rc == CURLE_OK && !d.started)
-        rc = curl_easy_getinfo(c->download, CURLINFO_RESPONSE_CODE, &d.status);
-    if (fclose(d.fp) != 0)
-        d.failed_io = 1;
-    /* The handle must not keep pointers to this frame. */
-    (void)curl_easy_setopt(c->download, CURLOPT_WRITEDATA, (void *)NULL);
-    (void)curl_easy_setopt(c->download, CURLOPT_HEADERDATA, (void *)NULL);
-    (void)curl_easy_setopt(c->download, CURLOPT_XFERINFODATA, (void *)NULL);
-
-    if (d.callback_error != NULL) {
-        lua_pushstring(L, d.callback_error);
-        free(d.callback_error);
-        return lua_error(L);
+    c->dl.sink = fd;
+    c->dl.offset = (curl_off_t)at;
+    c->busy = 1;
+    pid = c->pid;
+    status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
+    c->dl.sink = -1;
+    if (close(fd) != 0)
+        c->dl.sink_failed = 1;
+    dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */
+    if (status == DP_RAISED)
+        return lua_error(L); /* progress's error, as it was */
+    if (status == DP_STOPPED)
+        return push_result(L, &c->dl, "closed", "client is closed");
+    kind = dp_transfer_result(&c->dl, rc, &message, &sent);
+    if (kind == DP_OK && c->dl.sink_failed) { /* close(2) failed */
+        kind = "io";
+        message = "writing the file failed";
     }
-    if (d.failed_io)
-        return dp_fail(L, "io", "writing the file failed");
-    if (rc != CURLE_OK) {
-        dp_fail(L, dp_kind_of(rc, &c->req),
-                c->req.errbuf[0] != '\0' ? c->req.errbuf : curl_easy_strerror(rc));
-        push_info(L, c, &d);
-        return 4;
-    }
-    lua_pushinteger(L, d.status);
-    push_info(L, c, &d);
-    return 2;
-}
-
-void dp_download_open(lua_State *L)
-{
-    dp_client_method(L, "download", l_download);
+    push_result(L, &c->dl, kind, message);
+    dp_transfer_wipe(&c->dl);
+    return 1;
 }

@@ -1,51 +1,30 @@
-/* Shared declarations of the dataportability.core C module. */
+/* What the files of dataportability.core share. Each object has its file:
+ * endpoint.c (URL checks), transfer.c (the Lua-free engine), client.c (the
+ * client type), download.c and batch.c (its methods that call back into
+ * Lua), multi.c (requests driven by a host's event loop), share.c (the
+ * caches a Lua state's clients share), crypto.c, token.c and core.c (the
+ * module). */
 #ifndef DP_H
 #define DP_H
 
-#include <curl/curl.h>
-#include <lua.h>
-#include <lauxlib.h>
+#include <sys/types.h>
 
-#include "token.h"
+#include "compat.h"
+#include "transfer.h"
 
-#if LIBCURL_VERSION_NUM < 0x075000
-#error "dataportability needs libcurl 7.80 or later (CURLOPT_PREREQFUNCTION)"
-#endif
-
-#define DP_CLIENT_MT "dataportability.client"
-#define DP_MULTI_MT "dataportability.multi"
-#define AUTH_PREFIX "Authorization: Bearer "
+#define DP_CLIENT_MT "dataportability.core.client"
 
 typedef struct dp_multi dp_multi;
 typedef struct dp_share dp_share;
 
-/* One request and its answer: the client's own, or one of a batch's
- * (batch.c). The libcurl callbacks write here, and never call into Lua. */
-typedef struct dp_transfer {
-    CURL *curl;
-    char *body;                 /* the response body */
-    size_t body_len, body_cap;
-    int too_large;
-    int headers_done;           /* the blank line ending the headers was seen */
-    int sends;                  /* times libcurl sent the request */
-    char content_type[128];
-    char retry_after[64];
-    char errbuf[CURL_ERROR_SIZE];
-    /* Per-request header nodes, linked in front of the client's fixed
-     * headers: they live here, not on a C stack, because an asynchronous
-     * request outlives the call that started it. */
-    struct curl_slist type_node, auth_node;
-    char auth[sizeof AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each request */
-    size_t auth_len;
-} dp_transfer;
-
 typedef struct dp_client {
     dp_transfer req;            /* req.curl is NULL once closed */
+    dp_transfer dl;             /* downloads (download.c): dl.curl made on first use */
+    CURLM *engine;              /* runs the blocking transfers; made on first use */
     /* Asynchronous requests (multi.c) swap this handle into req. It never
      * joins the share: a connection made in the host's loop closes through
      * that loop's multi, and must not outlive it in the shared cache. */
     CURL *unshared;
-    CURL *download;             /* archive downloads (download.c), made on first use */
     dp_share *share;            /* caches shared with the Lua state's other clients */
     struct curl_slist *headers; /* per-client fixed headers */
     char *base;                 /* scheme://host:port */
@@ -56,92 +35,99 @@ typedef struct dp_client {
     int url_set;                /* url is what req.curl has */
     char *post;                 /* request body of the current request */
     size_t post_len, post_cap;
+    int busy;                   /* a call that runs Lua callbacks is under way */
+    int closing;                /* closed while busy: released when that call returns */
+    pid_t pid;                  /* the process whose connections the handles hold */
     dp_multi *multi;            /* set while an asynchronous request runs */
     int ref;                    /* keeps the userdata alive meanwhile */
     struct dp_client *next;     /* in multi's list of running clients */
 } dp_client;
 
-/* luaL_setfuncs without upvalues, for Lua 5.1 and LuaJIT alike. */
-static inline void dp_setfuncs(lua_State *L, const luaL_Reg *l)
-{
-    for (; l->name != NULL; l++) {
-        lua_pushcfunction(L, l->func);
-        lua_setfield(L, -2, l->name);
-    }
-}
+/* ---- core.c ---- */
 
 /* Registers the metatable `name`: `meta` metamethods, and `methods` as its
  * __index. */
 void dp_new_type(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
-/* Registers the client metatable and puts `new` and `check_options` in the
- * table on top. */
-void dp_client_open(lua_State *L);
-/* Registers the multi metatable and puts `new_multi` in the table on top. */
-void dp_multi_open(lua_State *L);
 
-/* Adds client:download; the client type must exist. */
-void dp_download_open(lua_State *L);
-/* Adds method `name` to the client type, which must exist. */
-void dp_client_method(lua_State *L, const char *name, lua_CFunction fn);
-/* Registers the share metatable (share.c). */
+/* ---- fork safety (share.c) ----
+ * libcurl objects made in another process hold that process's connections:
+ * freeing them would talk on its sockets (TLS close_notify), using them
+ * would read its answers. They are abandoned: kept reachable, never
+ * touched again. */
+int dp_forked(pid_t pid);
+void dp_abandon(void *object);
+
+/* ---- share.c ---- */
+
 void dp_share_open(lua_State *L);
-/* Puts md5_file, sha256_base64url and random_base64url in the table on top. */
-void dp_crypto_open(lua_State *L);
-
-/* Adds client:many (batch.c); the client type must exist. */
-void dp_batch_open(lua_State *L);
-
-/* The Lua state's share (share.c), made on first use; the caller holds a
- * use until dp_share_release. */
+/* The Lua state's share for this process, made on first use; the caller
+ * holds a use until dp_share_release. */
 dp_share *dp_share_acquire(lua_State *L);
 CURLSH *dp_share_handle(const dp_share *s);
 void dp_share_release(dp_share *s);
 
+/* ---- client.c ---- */
+
+/* Registers the client type and puts `new` and `check_options` in the
+ * table on top. */
+void dp_client_open(lua_State *L);
 dp_client *dp_check_client(lua_State *L, int idx);
-/* If the header line (len bytes, from libcurl) is header `name`, writes
- * its value to out: printable bytes only, trimmed, cut to cap - 1. */
-void dp_keep_header(const char *line, size_t len, const char *name, char *out, size_t cap);
-/* 127.0.0.0/8, [::1] or localhost. */
-int dp_is_loopback(const char *host);
-/* The error kind of a failed transfer. */
-const char *dp_kind_of(CURLcode rc, const dp_transfer *t);
-/* Points t's handle's callbacks and buffers at t. */
-CURLcode dp_transfer_bind(dp_transfer *t);
-/* Clears t's answer before a new request. */
-void dp_transfer_reset(dp_transfer *t);
-/* Links the Authorization node (and the Content-Type node when type is
- * not NULL) in front of `headers`; returns the new head. The token was
- * checked. */
-struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,
-                                       const char *token, size_t token_len);
-/* Wipes the token and the answer; frees nothing. */
-void dp_transfer_wipe(dp_transfer *t);
-/* Frees the handle and the buffers, wiped. */
-void dp_transfer_free(dp_transfer *t);
-/* Pushes the outcome of t's request that ended with rc: status, body,
- * content_type, retry_after; or nil, kind, message, sends. Returns 4. */
-int dp_transfer_push(lua_State *L, dp_transfer *t, CURLcode rc);
-/* Pushes nil, kind, message; returns 3. */
-int dp_fail(lua_State *L, const char *kind, const char *message);
+/* Raises when a callback of c's running call starts another call, and
+ * starts c afresh in a process other than the one that made it. Returns
+ * whether c is usable (not closed). */
+int dp_client_ready(lua_State *L, dp_client *c);
+/* Checks the request arguments at arg..arg+4 (method, path, token, body,
+ * body type) and prepares c's handle; with `unshared`, the unshared one,
+ * swapped in (dp_client_swap) once nothing can raise. Returns 0 when
+ * ready, else pushes the seven failure values and returns 7, handles
+ * unswapped. Bad arguments raise. */
+int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared);
+/* After a request: detaches its header nodes and wipes the token. */
+void dp_client_release(dp_client *c);
+/* A path the client sends: starts with /, printable ASCII, no #. */
+int dp_valid_path(const char *path, size_t len);
 /* Exchanges req.curl and the unshared handle, made on first use; false
  * when out of memory. */
 int dp_client_swap(dp_client *c);
 /* Points c's handle at base + path. */
 CURLcode dp_client_set_url(dp_client *c, const char *path, size_t path_len);
-/* Request methods and paths the client sends. */
-int dp_valid_method(const char *method);
-int dp_valid_path(const char *path, size_t len);
 /* The Content-Type header of a bodiless POST: none. */
 extern char dp_no_type[];
-/* Checks the request arguments at arg..arg+4 (method, path, token, body,
- * body type) and prepares c's handle; with `unshared`, the unshared one,
- * swapped in (dp_client_swap) once nothing can raise. Returns 0 when ready,
- * else pushes nil, kind, message and returns 3, handles unswapped. Bad
- * arguments raise. */
-int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared);
-/* After a request: detaches its header nodes and wipes the token. */
-void dp_client_release(dp_client *c);
+/* Pushes the seven values of t's outcome (docs/transport.md); returns 7. */
+int dp_push_result(lua_State *L, dp_transfer *t, CURLcode rc);
+int dp_push_failure(lua_State *L, const char *kind, const char *message, dp_sent sent);
+
+/* Runs t, a transfer of c, to its end on c's engine. Between libcurl's
+ * steps, between(L, t, ud) may call Lua and answer DP_GO_ON or DP_RAISED
+ * (a callback raised: its error is on top). Returns DP_GO_ON (the result
+ * in *rc), DP_RAISED, or DP_STOPPED: the client was closed meanwhile, or
+ * the process forked in a callback (then libcurl is not called again). */
+#define DP_GO_ON 0
+#define DP_RAISED 1
+#define DP_STOPPED 2
+int dp_client_run(lua_State *L, dp_client *c, dp_transfer *t,
+                  int (*between)(lua_State *L, dp_transfer *t, void *ud), void *ud, CURLcode *rc);
+/* Ends a call that set c->busy: a close asked for meanwhile is done now;
+ * a fork inside a callback raises (the child cannot go on with the
+ * parent's transfer). */
+void dp_client_unbusy(lua_State *L, dp_client *c, pid_t pid);
+
+/* ---- download.c, batch.c: client methods ---- */
+
+int dp_client_download(lua_State *L);
+int dp_client_many(lua_State *L);
+void dp_batch_open(lua_State *L);
+
+/* ---- multi.c ---- */
+
+void dp_multi_open(lua_State *L);
 /* Takes c's running request out of its multi, dropping the result. */
 void dp_multi_cancel(lua_State *L, dp_client *c);
+/* The same in a forked child: c is forgotten, libcurl is not called. */
+void dp_multi_forget(lua_State *L, dp_client *c);
+
+/* ---- crypto.c ---- */
+
+void dp_crypto_open(lua_State *L);
 
 #endif

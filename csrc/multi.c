@@ -1,4 +1,4 @@
-#define _POSIX_C_SOURCE 200809L /* close */
+#define _POSIX_C_SOURCE 200809L /* close, getpid */
 /* Asynchronous requests: libcurl's multi interface, driven by the host's
  * event loop. libcurl names the sockets to watch and the one timer to arm;
  * they are recorded here, never handed to Lua from inside a libcurl
@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include "dp.h"
+
+#define DP_MULTI_MT "dataportability.core.multi"
 
 typedef struct {
     curl_socket_t fd;
@@ -28,6 +30,7 @@ struct dp_multi {
     curl_socket_t *to_close;
     size_t nclose, close_cap;
     int failed;          /* a change could not be recorded: out of memory */
+    pid_t pid;           /* the process whose connections the handle holds */
 };
 
 static dp_multi *check_multi(lua_State *L)
@@ -125,6 +128,13 @@ void dp_multi_cancel(lua_State *L, dp_client *c)
     detach(L, c->multi, c);
 }
 
+void dp_multi_forget(lua_State *L, dp_client *c)
+{
+    unlink_client(c->multi, c);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
+    c->ref = LUA_NOREF;
+}
+
 /* ---- methods ---- */
 
 static void flush_closes(dp_multi *m)
@@ -136,16 +146,31 @@ static void flush_closes(dp_multi *m)
     m->nclose = 0;
 }
 
+/* In a process forked from the one that made m: its handle holds that
+ * process's connections, and the sockets to close are its too. */
+static void abandon(lua_State *L, dp_multi *m)
+{
+    while (m->running != NULL) /* they start afresh when used (client.c) */
+        dp_multi_forget(L, m->running);
+    dp_abandon(m->handle);
+    m->handle = NULL;
+    m->nwatch = 0;
+    flush_closes(m); /* this process's copies only */
+}
+
 static int l_close(lua_State *L)
 {
     dp_multi *m = check_multi(L);
 
     if (m->handle == NULL)
         return 0;
+    if (dp_forked(m->pid))
+        abandon(L, m);
     m->closing = 1;
     while (m->running != NULL)
         detach(L, m, m->running);
-    (void)curl_multi_cleanup(m->handle); /* closes cached connections */
+    if (m->handle != NULL)
+        (void)curl_multi_cleanup(m->handle); /* closes cached connections */
     m->handle = NULL;
     flush_closes(m);
     free(m->watch);
@@ -163,15 +188,35 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
+static int new_handle(dp_multi *m)
+{
+    m->handle = curl_multi_init();
+    m->pid = getpid();
+    return m->handle != NULL &&
+           curl_multi_setopt(m->handle, CURLMOPT_SOCKETFUNCTION, on_socket) == CURLM_OK &&
+           curl_multi_setopt(m->handle, CURLMOPT_SOCKETDATA, (void *)m) == CURLM_OK &&
+           curl_multi_setopt(m->handle, CURLMOPT_TIMERFUNCTION, on_timer) == CURLM_OK &&
+           curl_multi_setopt(m->handle, CURLMOPT_TIMERDATA, (void *)m) == CURLM_OK;
+}
+
+/* An open multi of this process: in a forked child, a new handle. */
 static dp_multi *check_open(lua_State *L)
 {
     dp_multi *m = check_multi(L);
     if (m->handle == NULL)
         luaL_error(L, "attempt to use a closed " DP_MULTI_MT);
+    if (dp_forked(m->pid)) {
+        abandon(L, m);
+        m->timeout_ms = -1;
+        m->timeout_changed = 1;
+        if (!new_handle(m))
+            luaL_error(L, "curl_multi_init failed");
+    }
     return m;
 }
 
-/* m:add(client, method, path [, token [, body]]) -> true | nil, kind, message */
+/* m:add(client, method, path [, token [, body]]) -> nothing when the
+ * request started, else the seven values of a failed request */
 static int l_add(lua_State *L)
 {
     dp_multi *m = check_open(L);
@@ -191,15 +236,15 @@ static int l_add(lua_State *L)
     if (rc != CURLE_OK || mrc != CURLM_OK) {
         dp_client_release(c);
         (void)dp_client_swap(c);
-        return dp_fail(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
+        return dp_push_failure(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc)
+                               : curl_multi_strerror(mrc), DP_SENT_NO);
     }
     lua_pushvalue(L, 2);
     c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     c->multi = m;
     c->next = m->running;
     m->running = c;
-    lua_pushboolean(L, 1);
-    return 1;
+    return 0;
 }
 
 /* m:action(fd, readable, writable): fd < 0 means the timer fired. */
@@ -255,30 +300,23 @@ static int l_flush(lua_State *L)
     return 0;
 }
 
-/* m:done() -> client, status, body, content_type, retry_after
- *          -> client, nil, kind, message
- *          -> nothing, when no request has ended */
+/* m:done() -> client and the seven values of its request's outcome, or
+ * nothing when no request has ended */
 static int l_done(lua_State *L)
 {
     dp_multi *m = check_open(L);
-    CURLMsg *msg;
-    int left;
+    CURLcode rc;
+    dp_transfer *t = dp_engine_done(m->handle, &rc);
+    dp_client *c;
+    int pushed;
 
-    while ((msg = curl_multi_info_read(m->handle, &left)) != NULL) {
-        dp_client *c = NULL;
-        CURLcode rc = msg->data.result;
-        int pushed;
-
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c) != CURLE_OK || c == NULL)
-            return luaL_error(L, "a finished transfer has no client");
-        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
-        pushed = dp_transfer_push(L, &c->req, rc); /* before detach swaps handles */
-        detach(L, m, c);
-        return 1 + pushed;
-    }
-    return 0;
+    if (t == NULL)
+        return 0;
+    c = t->owner;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+    pushed = dp_push_result(L, t, rc); /* before detach swaps handles */
+    detach(L, m, c); /* its removal from m is done: a second one does nothing */
+    return 1 + pushed;
 }
 
 /* core.new_multi() -> multi */
@@ -290,14 +328,8 @@ static int l_new_multi(lua_State *L)
     m->timeout_ms = -1;
     luaL_getmetatable(L, DP_MULTI_MT);
     lua_setmetatable(L, -2);
-    m->handle = curl_multi_init();
-    if (m->handle == NULL)
+    if (!new_handle(m))
         return luaL_error(L, "curl_multi_init failed");
-    if (curl_multi_setopt(m->handle, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
-        curl_multi_setopt(m->handle, CURLMOPT_SOCKETDATA, (void *)m) != CURLM_OK ||
-        curl_multi_setopt(m->handle, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
-        curl_multi_setopt(m->handle, CURLMOPT_TIMERDATA, (void *)m) != CURLM_OK)
-        return luaL_error(L, "curl_multi_setopt failed");
     return 1;
 }
 

@@ -8,22 +8,63 @@
  * promise to finalize clients before the share at lua_close: the share is
  * counted, and freed by whichever comes last, its __gc or its last
  * client. */
+#define _POSIX_C_SOURCE 200809L /* getpid */
+#include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "dp.h"
 
-#define DP_SHARE_MT "dataportability.share"
+#define DP_SHARE_MT "dataportability.core.share"
 
 struct dp_share {
     CURLSH *handle;
     int users;     /* clients holding it */
     int collected; /* its userdata is gone */
+    pid_t pid;     /* the process whose connections it holds */
 };
 
 static char registry_key; /* its address keys the state's share */
 
+/* ---- fork safety ---- */
+
+int dp_forked(pid_t pid)
+{
+    return pid != getpid();
+}
+
+/* What was abandoned stays reachable from here: a child forked from a
+ * long-lived process abandons only what it inherited, once. */
+typedef struct dp_abandoned {
+    struct dp_abandoned *next;
+    void *object;
+} dp_abandoned;
+
+static dp_abandoned *abandoned;
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void dp_abandon(void *object)
+{
+    dp_abandoned *a = malloc(sizeof *a);
+
+    if (a == NULL)
+        return; /* then it is lost, which is still safe */
+    a->object = object;
+    (void)pthread_mutex_lock(&abandoned_lock);
+    a->next = abandoned;
+    abandoned = a;
+    (void)pthread_mutex_unlock(&abandoned_lock);
+}
+
+/* ---- the share ---- */
+
 static void free_share(dp_share *s)
 {
+    if (dp_forked(s->pid)) {
+        dp_abandon(s->handle);
+        dp_abandon(s);
+        return;
+    }
     (void)curl_share_cleanup(s->handle); /* OK: no handle is attached */
     free(s);
 }
@@ -34,7 +75,7 @@ static int l_gc(lua_State *L)
 
     if (*box != NULL) {
         (*box)->collected = 1;
-        if ((*box)->users == 0)
+        if ((*box)->users == 0 || dp_forked((*box)->pid))
             free_share(*box);
         *box = NULL;
     }
@@ -55,6 +96,7 @@ static dp_share *new_share(lua_State *L)
     *box = calloc(1, sizeof **box);
     if (*box == NULL)
         luaL_error(L, "out of memory");
+    (*box)->pid = getpid();
     (*box)->handle = curl_share_init();
     if ((*box)->handle == NULL) {
         free(*box);
@@ -88,6 +130,13 @@ dp_share *dp_share_acquire(lua_State *L)
     lua_pushlightuserdata(L, &registry_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
     box = lua_touserdata(L, -1);
+    if (box != NULL && *box != NULL && dp_forked((*box)->pid)) {
+        /* Another process's caches: this one starts its own; the clients
+         * still holding the old share abandon it as they start afresh. */
+        free_share(*box);
+        *box = NULL;
+        box = NULL;
+    }
     if (box == NULL) {
         s = new_share(L);
         lua_pop(L, 1);

@@ -1,4 +1,4 @@
-/* libFuzzer target: dp_keep_header (csrc/client.c), which reads the
+/* libFuzzer target: dp_keep_header (csrc/transfer.c), which reads the
  * headers libcurl hands over, as a hostile server wrote them.
  *
  * Input: byte 0 picks the header name and the output size, as the core's
@@ -18,7 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "dp.h"
+#include "transfer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -26,10 +26,10 @@ static const struct {
     const char *name;
     size_t cap;
 } callers[] = {
-    {"content-type", 128}, /* client.c on_header */
-    {"retry-after", 64},   /* client.c on_header */
-    {"content-range", 96}, /* download.c on_head */
-    {"x-goog-hash", 256},  /* download.c on_head */
+    {"content-type", 128}, /* transfer.c on_header */
+    {"retry-after", 64},   /* transfer.c on_header */
+    {"content-range", 96}, /* transfer.c on_header, downloads */
+    {"x-goog-hash", 256},  /* transfer.c on_header, downloads */
 };
 
 #define NCALLERS (sizeof callers / sizeof callers[0])

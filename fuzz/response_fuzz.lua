@@ -173,10 +173,9 @@ local source = dp.token_source({
     refresh_token = "1//0gfuzz", token_endpoint = "http://127.0.0.1:9/token",
     revoke_endpoint = "http://127.0.0.1:9/revoke",
 })
-for _, c in ipairs({ source.token_client, source.revoke_client }) do
-    c.transport:close()
-    c.transport = fake
-end
+source.token_transport:close()
+source.revoke_transport:close()
+source.token_transport, source.revoke_transport = fake, fake
 
 local CALLS = {
     reset = function(t) return client:reset(t) end,
@@ -202,7 +201,7 @@ local CALL_KINDS = { redirect = true, api = true, http = true }
 local function check_call(status, method, ct, ra, secret, body)
     local oauth = OAUTH_CALLS[method] ~= nil
     local f = OAUTH_CALLS[method] or CALLS[method] or CALLS.reset
-    if #secret > core.token_max or not core.check_token(secret) then
+    if #secret > core.limits.token_max or not core.check_token(secret) then
         secret = "ya29.fuzz-token" -- the calls refuse others before any I/O
     elseif KNOWN.scrub_short_token and #secret < 16 then
         secret = "ya29.fuzz-token-" .. secret

@@ -20,14 +20,14 @@ local _M = {
 
 --- dp.new(opts) -> client
 function _M.new(opts)
-    local c = client.create(opts, "new") -- not a tail call: errors blame the caller
+    local c = client.create(opts, "new", 1, 2) -- not a tail call: errors blame the caller
     return c
 end
 
 --- dp.reset(token [, opts]) -> true | nil, err: a one-off client.
 function _M.reset(token, opts)
     client.check_token_type(token, "reset")
-    local c = client.create(opts, "reset")
+    local c = client.create(opts, "reset", 2, 2)
     local ok, err = c:reset(token)
     c:close()
     if not ok then

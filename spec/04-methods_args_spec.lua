@@ -93,6 +93,20 @@ describe("method arguments", function()
             "bad argument #1 to 'check_access_type' (token string or token source expected, got nil)")
     end)
 
+    it("blames the line that called the method", function()
+        for _, f in ipairs({
+            function() c:state(TOKEN, 5) end,
+            function() c:initiate(TOKEN, {}, 5) end,
+            function() c:reset(nil) end,
+            function() c:export(nil, {}, {}) end,
+        }) do
+            local ok, err = pcall(f)
+            assert.is_false(ok)
+            local line = debug.getinfo(f, "S").linedefined
+            assert.matches("04%-methods_args_spec%.lua:" .. line .. ": bad argument", err)
+        end
+    end)
+
     it("has an asynchronous form of every method", function()
         for _, name in ipairs({ "reset", "initiate", "state", "retry", "cancel", "check_access_type" }) do
             assert.is_function(c[name])

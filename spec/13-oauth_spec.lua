@@ -57,7 +57,9 @@ describe("OAuth", function()
         assert.matches("scope=" .. scope .. "%20", url, 1, true)
         assert.matches("state=" .. meta.state, url, 1, true)
         assert.has_error(function() dp.authorization_url({ client_id = "cid", redirect_uri = REDIRECT,
-            scopes = { "drive" } }) end)
+            scopes = { "drive" } }) end,
+            "authorization_url: option 'scopes' must list dataportability resource groups or scope URLs;"
+            .. " [1] is 'drive'")
     end)
 
     it("exchanges the code, then uses, refreshes and revokes the tokens", function()
@@ -74,6 +76,18 @@ describe("OAuth", function()
         assert.is_nil(ok)
         assert.equals(401, err.http_status)
         c:close()
+    end)
+
+    it("checks the exchange's options before any I/O, blaming the caller", function()
+        local before = #emu:requests()
+        local o = endpoints()
+        o.client_id, o.client_secret, o.code, o.redirect_uri = "cid", SECRET, "c0de", REDIRECT
+        local ok, err = pcall(function() dp.exchange_code(o) end)
+        assert.is_false(ok)
+        assert.matches("13%-oauth_spec%.lua:%d+: exchange_code: option 'code_verifier' is required$", err)
+        o.code_verifier, o.scope = ("v"):rep(43), GROUP
+        assert.has_error(function() dp.exchange_code(o) end, "exchange_code: unknown option 'scope'")
+        assert.equals(before, #emu:requests())
     end)
 
     it("refuses a wrong PKCE verifier, without the secrets in the error", function()

@@ -1,7 +1,7 @@
 -- The ngx transport (lua/dataportability/transport/ngx.lua) inside a real
 -- nginx + ngx_lua, driven with the curl command line, against the real
--- emulator: the example handler, every error kind, keep-alive, and that
--- calls never block the worker.
+-- emulator: the example handler, every error kind, keep-alive, pools and
+-- trust, what a transport says it sent, and that calls never block the worker.
 local helpers = require("spec.helpers")
 local openresty = require("spec.openresty.nginx")
 local cjson = require("cjson.safe")
@@ -56,13 +56,28 @@ describe("OpenResty: the ngx transport #host", function()
         return tonumber(head:match("^HTTP/[%d.]+ (%d+)")), cjson.decode(body) or body, headers
     end
 
-    -- A test-only case of spec/openresty/cases.lua, against the HTTPS emulator.
-    local function case(name, token, opts)
+    -- A test-only case of spec/openresty/cases.lua, against the HTTPS emulator;
+    -- under `prefix` (/untrusting) for a location with another trust store.
+    local function case(name, token, opts, prefix)
         opts = opts or {}
         opts.endpoint = opts.endpoint or emu.https_endpoint
-        local status, body = curl("/t/" .. name .. query(opts), token)
+        local status, body = curl((prefix or "") .. "/t/" .. name .. query(opts), token)
         assert.equals(200, status)
         return body
+    end
+
+    -- A pool name no earlier test used: its idle connections are this test's.
+    local pools = 0
+    local function new_pool()
+        pools = pools + 1
+        return "spec-" .. pools
+    end
+
+    -- The emulator's request log's connection ids.
+    local function connections()
+        local ids = {}
+        for i, r in ipairs(emu:requests()) do ids[i] = r.connection end
+        return ids
     end
 
     describe("the example handler", function()
@@ -130,8 +145,8 @@ describe("OpenResty: the ngx transport #host", function()
             assert.is_true(r.first.ok)
             assert.equals(401, r.second.http_status) -- the same token, revoked by the first call
             assert.equals("closed", r.third.kind)
-            assert.matches("^dataportability%.client: 0x%x+$", r.tostring)
-            assert.matches("^dataportability%.client: 0x%x+ %(closed%)$", r.closed)
+            assert.matches("^dataportability%.cosocket_client: 0x%x+$", r.tostring)
+            assert.matches("^dataportability%.cosocket_client: 0x%x+ %(closed%)$", r.closed)
             local log = emu:requests()
             assert.equals(2, #log)
             assert.equals(log[1].connection, log[2].connection)
@@ -146,14 +161,26 @@ describe("OpenResty: the ngx transport #host", function()
             assert.equals(log[1].connection, log[2].connection)
         end)
 
-        it("sends once more on a new connection when the reused one is dead", function()
-            assert.is_true(case("reset", registered()).ok)
+        it("never sends again after a dead pooled connection: network, sent 'stale'", function()
+            local pool, token = new_pool(), registered()
+            assert.equals(200, case("call", registered(), { pool = pool }).status)
             emu:set_fault({ action = "drop" })
-            assert.is_true(case("reset", registered()).ok)
-            local log = emu:requests()
-            assert.equals(3, #log)
-            assert.equals(log[1].connection, log[2].connection)
-            assert.are_not.equal(log[2].connection, log[3].connection)
+            local r = case("call", token, { pool = pool })
+            assert.same({ n = 7, kind = "network", sent = "stale", pool = r.pool,
+                message = "the kept-alive connection closed without answering; "
+                    .. "the request may have reached the server" }, r)
+            local ids = connections()
+            assert.equals(2, #ids) -- sent once, on the connection the first call left
+            assert.equals(ids[1], ids[2])
+        end)
+
+        it("client:reset with retries = 0 answers the dead pooled connection: one send", function()
+            local pool = new_pool()
+            assert.is_true(case("reset", registered(), { pool = pool }).ok)
+            emu:set_fault({ action = "drop" })
+            local r = case("reset", registered(), { pool = pool, retries = 0 })
+            assert.equals("network", r.kind)
+            assert.equals(2, #emu:requests())
         end)
 
         it("reset_many runs `concurrency` light threads and keeps input order", function()
@@ -177,18 +204,17 @@ describe("OpenResty: the ngx transport #host", function()
             assert.is_true(at[4] - at[1] >= 0.5, "the fourth waited for a thread")
         end)
 
-        it("light threads share a client; the resend skips other idle connections", function()
-            local r = case("threads", registered(), { admin = emu.endpoint })
+        it("light threads share a client; a dropped pooled connection is not sent again", function()
+            local r = case("threads", registered(), { admin = emu.endpoint, pool = new_pool() })
             assert.equals(200, r.fault)
             local oks = (r.a.ok and 1 or 0) + (r.b.ok and 1 or 0)
             assert.equals(1, oks) -- one resets, the other finds the token revoked
-            assert.equals(401, r.third.http_status)
-            local log = emu:requests()
-            assert.equals(4, #log)
-            local idle = { [log[1].connection] = true, [log[2].connection] = true }
-            assert.are_not.equal(log[1].connection, log[2].connection)
-            assert.is_true(idle[log[3].connection]) -- reused, dropped
-            assert.is_nil(idle[log[4].connection]) -- the resend: a new connection
+            assert.equals("network", r.third.kind)
+            assert.equals("stale", r.third.sent)
+            local ids = connections()
+            assert.equals(3, #ids)
+            assert.are_not.equal(ids[1], ids[2])
+            assert.is_true(ids[3] == ids[1] or ids[3] == ids[2]) -- reused, dropped, not sent again
         end)
     end)
 
@@ -235,12 +261,15 @@ describe("OpenResty: the ngx transport #host", function()
         end)
 
         it("a body delimited by the connection's close: read, cut at 1 MiB", function()
-            local r = case("raw", nil, { endpoint = server.url, path = "/raw/close?bytes=1000" })
+            local raw = { endpoint = server.url, method = "GET", path = "/raw/close?bytes=1000" }
+            local r = case("call", nil, raw)
             assert.equals(200, r.status)
             assert.equals(1000, r.length)
-            assert.equals(string.rep("9", 63), r.retry_after) -- kept as the C core keeps it
-            r = case("raw", nil, { endpoint = server.url, path = "/raw/close?bytes=2097152" })
+            assert.equals(string.rep("9", 63), r.retry_after) -- limits.retry_after_max, as in C
+            raw.path = "/raw/close?bytes=2097152"
+            r = case("call", nil, raw)
             assert.equals("too_large", r.kind)
+            assert.equals("yes", r.sent)
         end)
 
         it("timeout: the timeout option bounds the whole call", function()
@@ -252,12 +281,14 @@ describe("OpenResty: the ngx transport #host", function()
         end)
 
         it("network: the server drops the connection", function()
-            -- twice: a pooled connection from an earlier test gets its one resend
-            local r = faulted({ action = "drop", count = 2 })
+            local r = faulted({ action = "drop" }, { retries = 0 })
             assert.equals("network", r.kind)
             assert.is_true(r.retryable)
-            r = faulted({ action = "truncate", bytes = 4096 }) -- bytes came: no resend
+            assert.equals(1, #emu:requests())
+            emu:clear_requests()
+            r = faulted({ action = "truncate", bytes = 4096 }, { retries = 0 })
             assert.equals("network", r.kind)
+            assert.equals(1, #emu:requests())
         end)
 
         it("tls: the CA is not trusted, or the name does not match", function()
@@ -295,13 +326,16 @@ describe("OpenResty: the ngx transport #host", function()
             assert.matches("endpoint", r.raised)
         end)
 
-        it("the transport: a GET, bad arguments raise, its metatable is named", function()
+        it("the transport: a GET, bad arguments raise, its type is named", function()
             local r = case("transport", nil, { endpoint = emu.endpoint })
             assert.equals(200, r.status)
             assert.matches('"ok"', r.body)
             assert.matches("method must be GET", r.bad)
             assert.matches("path must start with /", r.bad_path)
-            assert.equals("dataportability.client", r.name)
+            assert.equals("dataportability.cosocket_client", r.name)
+            assert.matches("^dataportability%.cosocket_client: 0x%x+$", r.tostring)
+            assert.matches("^dataportability%.cosocket_client: 0x%x+ %(closed%)$", r.closed_tostring)
+            assert.same({ n = 7, kind = "closed", message = "client is closed", sent = "no" }, r.closed)
         end)
 
         it("works from a timer, where cosockets are allowed", function()
@@ -331,6 +365,112 @@ describe("OpenResty: the ngx transport #host", function()
                 assert_refused(select(2, curl("/phase/result?phase=" .. phase, nil, "GET")).result, phase)
             end
             assert.equals(0, #emu:requests())
+        end)
+    end)
+
+    describe("what the transport says it sent", function()
+        -- One call through the transport after `fault`: its seven positions.
+        local function sent(fault, opts, token)
+            if fault then emu:set_fault(fault) end
+            token = token or registered()
+            local r = case("call", token, opts)
+            assert.equals(7, r.n)
+            assert.is_nil(r.status)
+            assert.is_false(helpers.contains(r, token))
+            return r.kind, r.sent
+        end
+
+        it("'no' when it surely never left: connect, dns, tls, a refused token", function()
+            assert.same({ "connect", "no" }, { sent(nil, { endpoint = "https://localhost:1" }) })
+            assert.same({ "dns", "no" }, { sent(nil, { endpoint = "https://dataportability.invalid" }) })
+            assert.same({ "tls", "no" }, { sent(nil, { endpoint = server.self_signed }) })
+            assert.same({ "invalid_token", "no" }, { sent(nil, nil, "QZ b") })
+            assert.equals(0, #emu:requests())
+        end)
+
+        it("'yes' once it went out: dropped on a new connection, cut short, too large, timed out", function()
+            assert.same({ "network", "yes" }, { sent({ action = "drop" }, { pool = new_pool() }) })
+            assert.same({ "network", "yes" }, { sent({ action = "truncate", bytes = 4096 }) })
+            assert.same({ "too_large", "yes" }, { sent({ action = "oversize", bytes = 2 * 1024 * 1024 }) })
+            assert.same({ "timeout", "yes" }, { sent({ action = "delay", seconds = 2 }, { timeout = 0.3 }) })
+            assert.equals(4, #emu:requests()) -- each sent once
+        end)
+
+        it("many: on_done gets the seven values of request, in input order", function()
+            local tokens = { registered(), registered() }
+            local r = case("batch", table.concat(tokens, ","))
+            assert.equals(3, #r.results)
+            assert.equals(200, r.results[1].status)
+            assert.equals(200, r.results[2].status)
+            assert.is_nil(r.results[1].kind)
+            local bad = r.results[3]
+            assert.equals(7, bad.n)
+            assert.equals("invalid_token", bad.kind)
+            assert.equals("no", bad.sent)
+            assert.equals(2, #emu:requests())
+        end)
+    end)
+
+    describe("pools and trust", function()
+        -- /untrusting trusts a fresh CA that did not sign the emulator's certificate
+        local UNTRUSTING = "/untrusting"
+
+        it("a location with its own `pool` verifies its own connections, after a call elsewhere succeeded",
+            function()
+                local a, b = new_pool(), new_pool()
+                assert.equals(200, case("call", registered(), { pool = a }).status)
+                local r = case("call", registered(), { pool = b }, UNTRUSTING)
+                assert.equals("tls", r.kind)
+                assert.equals("no", r.sent)
+                assert.matches("TLS handshake with localhost:%d+ failed", r.message)
+                assert.equals(1, #emu:requests()) -- never on a's verified connection
+                -- and a's connection is still there for a
+                assert.equals(200, case("call", registered(), { pool = a }).status)
+                local ids = connections()
+                assert.equals(2, #ids)
+                assert.equals(ids[1], ids[2])
+            end)
+
+        it("one pool name shares a verified connection whatever nginx.conf trusts: why `pool` exists",
+            function()
+                -- the untrusting location's own call fails on a new connection...
+                local pool = new_pool()
+                assert.equals("tls", case("call", registered(), { pool = pool }, UNTRUSTING).kind)
+                -- ...but takes one that another location verified under the same name
+                assert.equals(200, case("call", registered(), { pool = pool }).status)
+                assert.equals(200, case("call", registered(), { pool = pool }, UNTRUSTING).status)
+                local ids = connections()
+                assert.equals(2, #ids)
+                assert.equals(ids[1], ids[2])
+            end)
+
+        it("the default pool name covers the endpoint, the TLS server name and verification", function()
+            local port = emu.https_port
+            local r = case("new", nil, {})
+            assert.is_true(r.ok)
+            assert.equals(("dataportability https://localhost:%d sni=localhost verify=on"):format(port),
+                r.pool)
+            r = case("new", nil, { endpoint = "https://127.0.0.1:" .. port })
+            assert.equals(("dataportability https://127.0.0.1:%d sni=127.0.0.1 verify=on"):format(port),
+                r.pool)
+            r = case("new", nil, { endpoint = emu.endpoint })
+            assert.equals("dataportability " .. emu.endpoint .. " tls=off", r.pool)
+            r = case("new", nil, { pool = "location b" })
+            assert.equals(("dataportability https://localhost:%d sni=localhost verify=on pool=location b")
+                :format(port), r.pool)
+            -- the same emulator under another name: verified anew, so refused (nginx checks DNS names only)
+            assert.equals(200, case("call", registered()).status)
+            assert.equals("tls", case("call", registered(), { endpoint = "https://127.0.0.1:" .. port }).kind)
+            assert.equals(1, #emu:requests())
+        end)
+
+        it("`pool` must be 1 to 128 printable ASCII bytes", function()
+            assert.is_true(case("new", nil, { pool = string.rep("p", 128) }).ok)
+            for _, bad in ipairs({ "", string.rep("p", 129), "a\tb", "caf\195\169" }) do
+                local r = case("new", nil, { pool = bad })
+                assert.is_false(r.ok, bad)
+                assert.matches("option 'pool' must be a string of 1 to 128 printable ASCII bytes", r.raised)
+            end
         end)
     end)
 

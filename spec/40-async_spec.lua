@@ -167,6 +167,156 @@ describe("asynchronous calls on a luv loop", function()
         assert.same({ 1, 2 }, seen)
     end)
 
+    describe("callbacks that call back", function()
+        it("close() in the callback: later calls are answered closed", function()
+            local c, results = client(), {}
+            c:reset_async(helpers.registered(emu), function(ok)
+                results[#results + 1] = ok
+                c:close()
+                c:reset_async(helpers.registered(emu), function(_, err) results[#results + 1] = err end)
+            end)
+            run_until(results, 2)
+            assert.is_true(results[1])
+            assert.equals("closed", results[2].kind)
+            assert.equals(1, #emu:requests())
+        end)
+
+        it("another call on the same client from the callback runs, blocking or not", function()
+            local c, results = client(), {}
+            c:reset_async(helpers.registered(emu), function(ok)
+                results[#results + 1] = ok
+                results[#results + 1] = c:reset(helpers.registered(emu))
+                c:reset_async(helpers.registered(emu), function(again) results[#results + 1] = again end)
+            end)
+            run_until(results, 3)
+            c:close()
+            assert.same({ true, true, true }, results)
+        end)
+
+        it("a raise reaches the loop's defer; the other results are still delivered", function()
+            local raised, results = {}, {}
+            local host = require("dataportability.async").luv_driver(uv, function(fn)
+                local ok, err = pcall(fn)
+                if not ok then raised[#raised + 1] = err end
+            end)
+            local a = dp.new(helpers.https(emu, { driver = host }))
+            local b = dp.new(helpers.https(emu, { driver = host }))
+            a:reset_async(helpers.registered(emu), function() results[#results + 1] = "a"; error("in a") end)
+            b:reset_async(helpers.registered(emu), function() results[#results + 1] = "b"; error("in b") end)
+            run_until(results, 2)
+            a:close()
+            b:close()
+            host:close()
+            assert.equals(2, #raised)
+            assert.matches("in [ab]", raised[1])
+        end)
+
+        -- A host loop that catches what driver:ready and driver:timeout raise;
+        -- on_watch(fd, readable, writable), if given, runs first in the watch hook.
+        local function catching_driver(caught, on_watch)
+            local polls, timer, d = {}, uv.new_timer(), nil
+            local function guarded(fn, ...)
+                local ok, err = pcall(fn, d, ...)
+                if not ok then caught[#caught + 1] = err end
+            end
+            d = dp.driver({
+                watch = function(fd, readable, writable)
+                    if on_watch then on_watch(fd, readable, writable) end
+                    local poll = polls[fd]
+                    if not (readable or writable) then
+                        if poll then poll:stop(); poll:close(); polls[fd] = nil end
+                        return
+                    end
+                    if not poll then poll = uv.new_socket_poll(fd); polls[fd] = poll end
+                    poll:start((readable and "r" or "") .. (writable and "w" or ""), function(_, events)
+                        events = events or "rw"
+                        local r, w = events:find("r", 1, true) ~= nil, events:find("w", 1, true) ~= nil
+                        guarded(d.ready, fd, r, w)
+                    end)
+                end,
+                timer = function(ms)
+                    timer:stop()
+                    if ms >= 0 then timer:start(math.max(ms, 1), 0, function() guarded(d.timeout) end) end
+                end,
+                close = function() timer:close() end,
+            })
+            return d, polls
+        end
+
+        it("a hook that closes the client: the request ends closed, every socket unwatched", function()
+            local c, results, caught = nil, {}, {}
+            local host, polls = catching_driver(caught, function(_, readable, writable)
+                if (readable or writable) and c then c:close() end
+            end)
+            c = dp.new(helpers.https(emu, { driver = host }))
+            c:reset_async(helpers.registered(emu), function(_, err) results[#results + 1] = err end)
+            run_until(results, 1)
+            assert.same({}, caught)
+            assert.equals("closed", results[1].kind)
+            assert.is_nil(next(polls))
+            host:close()
+        end)
+
+        it("a hook that closes the driver: the request ends closed, every socket unwatched", function()
+            local host, results, caught = nil, {}, {}
+            local polls
+            host, polls = catching_driver(caught, function(_, readable, writable)
+                if readable or writable then host:close() end
+            end)
+            local c = dp.new(helpers.https(emu, { driver = host }))
+            c:reset_async(helpers.registered(emu), function(_, err) results[#results + 1] = err end)
+            run_until(results, 1)
+            assert.same({}, caught)
+            assert.equals("closed", results[1].kind)
+            assert.is_nil(next(polls))
+            c:close()
+        end)
+
+        it("a raise straight out of driver:ready leaves the next result queued, then delivered", function()
+            local caught, results = {}, {}
+            local host = catching_driver(caught)
+            local function answer(_, err)
+                results[#results + 1] = err.kind
+                error("from the callback")
+            end
+            local c1 = dp.new(helpers.https(emu, { driver = host }))
+            local c2 = dp.new(helpers.https(emu, { driver = host }))
+            -- refused before any I/O: both are delivered by one turn of the loop
+            c1:reset_async("not a token", answer)
+            c2:reset_async("not a token", answer)
+            run_until(results, 2)
+            c1:close()
+            c2:close()
+            host:close()
+            assert.same({ "invalid_token", "invalid_token" }, results)
+            assert.equals(2, #caught)
+            assert.matches("from the callback", caught[1])
+        end)
+
+        it("collectgarbage() in the callback changes nothing", function()
+            local results = {}
+            for _ = 1, 3 do
+                client():reset_async(helpers.registered(emu), function(ok)
+                    collectgarbage()
+                    results[#results + 1] = ok
+                end)
+            end
+            run_until(results, 3)
+            assert.same({ true, true, true }, results)
+        end)
+
+        it("close() in on_retry: the next attempt is answered closed", function()
+            emu:set_fault({ action = "status", status = 503, count = 1, path = "/v1/authorization:reset" })
+            local c, results
+            c = dp.new(helpers.https(emu, { driver = driver, retries = 2, retry_max_delay = 0.01,
+                on_retry = function() c:close() end }))
+            results = {}
+            c:reset_async(helpers.registered(emu), function(_, err) results[#results + 1] = err end)
+            run_until(results, 1)
+            assert.equals("closed", results[1].kind)
+        end)
+    end)
+
     it("checks the driver option", function()
         assert.has_error(function() dp.new({ driver = {} }) end)
         assert.has_error(function() dp.driver({ watch = print }) end)

@@ -7,6 +7,7 @@ local core = require("dataportability.core")
 local type, error, pairs, ipairs, select = type, error, pairs, ipairs, select
 local setmetatable, getmetatable, pcall, require, rawget = setmetatable, getmetatable, pcall, require, rawget
 local unpack = table.unpack or unpack -- luacheck: ignore 143
+local remove = table.remove
 local floor, max = math.floor, math.max
 
 local _M = {}
@@ -39,6 +40,7 @@ function _M.driver(hooks)
         watched = {},       -- fd -> true
         queue = {},         -- results to deliver: { callback, n, ... }
         timers = {},        -- { due =, fn = }: Driver:after
+        later = {},         -- what waits for the hooks being called: Driver:after_hooks
         curl_due = nil,     -- when libcurl wants its timer, on core.now()'s clock
     }, Driver)
 end
@@ -53,13 +55,15 @@ end
 
 -- Applies what libcurl asked for: socket watches, then closes, then the
 -- timer; collects finished requests into the queue.
-local function sync(self)
+local function sync_once(self)
     local changes, timeout = self.multi:changes()
     for i = 1, #changes, 2 do
+        if self.closed then return end -- a hook closed the driver
         local fd, mask = changes[i], changes[i + 1]
         self.watched[fd] = mask ~= 0 or nil
         self.hooks.watch(fd, mask % 2 == 1, mask >= 2)
     end
+    if self.closed then return end
     self.multi:flush() -- only now: no watcher refers to a closed socket
     while true do
         local r = pack(self.multi:done())
@@ -84,29 +88,59 @@ local function sync(self)
     end
 end
 
+-- A hook may call back into the driver (start a request, close a client):
+-- that sync waits for the one under way to finish its list, then runs.
+-- Closes asked for meanwhile wait until the hooks have returned
+-- (Driver:after_hooks), so that no hook sees its socket closed under it.
+local function sync(self)
+    if self.syncing then
+        self.resync = true
+        return
+    end
+    self.syncing = true
+    local ok, err
+    repeat
+        self.resync = false
+        ok, err = pcall(sync_once, self)
+    until not ok or not self.resync or self.closed
+    self.syncing = false
+    local later = self.later
+    self.later = {}
+    for _, fn in ipairs(later) do fn() end
+    if not ok then error(err, 0) end -- a hook's error, as it was
+end
+
+-- Each result leaves the queue before its callback runs: a callback that
+-- raises leaves the rest queued, and the timer sync armed for them
+-- delivers them on the next turn of the loop.
 local function deliver(self)
     local queue = self.queue
-    self.queue = {}
-    for _, item in ipairs(queue) do
+    while queue[1] do
+        local item = remove(queue, 1)
         local callback = item[1]
         local function run() callback(unpack(item, 3, item[2] + 2)) end
         if self.hooks.defer then self.hooks.defer(run) else run() end
     end
 end
 
+-- A queue entry for a request that ended without an answer.
+local function failed(callback, kind, message, sent)
+    return { callback, 7, nil, nil, nil, nil, kind, message, sent or "no" }
+end
+
 --- Starts a request on a client transport (the C core's client);
---- callback(status, body, content_type, retry_after) or (nil, kind, message),
---- always later, never before start returns.
+--- callback(<the seven values of docs/transport.md>), always later, never
+--- before start returns.
 function Driver:start(transport, method, path, token, body, callback)
     if self.closed then -- nothing will run the loop for it: answer now
-        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "the event loop driver is closed" }
+        self.queue[#self.queue + 1] = failed(callback, "closed", "the event loop driver is closed")
         return deliver(self)
     end
-    local ok, kind, message = self.multi:add(transport, method, path, token, body)
-    if ok then
-        self.callbacks[transport] = callback
+    local _, _, _, _, kind, message, sent = self.multi:add(transport, method, path, token, body)
+    if kind then
+        self.queue[#self.queue + 1] = failed(callback, kind, message, sent)
     else
-        self.queue[#self.queue + 1] = { callback, 3, nil, kind, message }
+        self.callbacks[transport] = callback
     end
     sync(self)
 end
@@ -124,7 +158,7 @@ function Driver:cancelled(transport)
     local callback = self.callbacks[transport]
     if callback then
         self.callbacks[transport] = nil
-        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "client is closed" }
+        self.queue[#self.queue + 1] = failed(callback, "closed", "client is closed")
         sync(self)
     end
 end
@@ -157,11 +191,20 @@ function Driver:timeout()
     for _, fn in ipairs(due) do fn() end
 end
 
---- Stops watching everything; running requests end with `closed`.
+--- fn() now, or once the hooks being called have returned.
+function Driver:after_hooks(fn)
+    if not self.syncing then return fn() end
+    self.later[#self.later + 1] = fn
+end
+
+--- Stops watching everything; running requests end with `closed`. From a
+--- hook, once the hooks being called have returned.
 function Driver:close()
+    if self.syncing then return self:after_hooks(function() self:close() end) end
+    if self.closed then return end
     self.closed = true
     for _, callback in pairs(self.callbacks) do
-        self.queue[#self.queue + 1] = { callback, 3, nil, "closed", "the event loop driver is closed" }
+        self.queue[#self.queue + 1] = failed(callback, "closed", "the event loop driver is closed")
     end
     self.callbacks = {}
     for fd in pairs(self.watched) do

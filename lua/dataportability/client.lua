@@ -1,4 +1,4 @@
--- The client: option checks, the API's methods as table entries, and the
+-- The client: its options, the API's methods as table entries, and the
 -- one request path they all share.
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
@@ -6,107 +6,51 @@ local async = require("dataportability.async")
 local scopes = require("dataportability.scopes")
 local oauth = require("dataportability.oauth")
 local retry = require("dataportability.retry")
+local options = require("dataportability.options")
+local transport = require("dataportability.transport")
+local export = require("dataportability.export")
 local json = require("cjson.safe")
 
 local type, pairs, ipairs, tostring, error, setmetatable, rawget = type, pairs, ipairs, tostring, error,
     setmetatable, rawget
 local select, next, floor = select, next, math.floor
 local format, find, gsub, byte = string.format, string.find, string.gsub, string.byte
-local getenv, date = os.getenv, os.date
+local date = os.date
 local unpack = table.unpack or unpack -- luacheck: ignore 143
 
-local _M = { VERSION = "0.1.0" }
+local _M = { VERSION = core._VERSION }
 
-local DEFAULT_ENDPOINT = "https://dataportability.googleapis.com"
-local USER_AGENT = "dataportability-lua/" .. _M.VERSION
+local function whole_at_least_0(v)
+    if v < 0 or v % 1 ~= 0 then return "must be a whole number >= 0" end
+end
 
--- Every option and its type; anything else is a programming error.
-local OPTIONS = {
+-- Every option and its type; anything else is a programming error. The
+-- transport's own (endpoint, timeouts, header values) are checked in C.
+local OPTIONS = options.spec({
     endpoint = "string", timeout = "number", connect_timeout = "number",
     ca_file = "string", user_agent = "string", quota_project = "string", proxy = "string",
-    driver = "table", retries = "number", retry_max_delay = "number", on_retry = "function",
-}
+    driver = { "table", check = function(v)
+        if not async.is_driver(v) then return "must come from dp.driver()" end
+    end },
+    retries = { "number", check = whole_at_least_0 },
+    retry_max_delay = { "number", check = function(v)
+        if v ~= v or v < 0 then return "must be a number of seconds >= 0" end
+    end },
+    on_retry = "function",
+    pool = "string",
+})
 
 local Client = { __name = "dataportability.client" }
 Client.__index = Client
 
--- Every field of opts is one of `types` (name -> type), of that type;
--- else an error blaming `level` above the caller.
-local function check_fields(opts, types, fname, level)
-    for k, v in pairs(opts) do
-        local want = types[k]
-        if not want then
-            error(format("%s: unknown option '%s'", fname, tostring(k)), level + 1)
-        end
-        if type(v) ~= want then
-            error(format("%s: option '%s' must be a %s, got %s", fname, k, want, type(v)), level + 1)
-        end
-    end
-end
-
-local function check_options(opts, fname)
-    if opts == nil then
-        return {}
-    end
-    if type(opts) ~= "table" then
-        error(format("bad argument to '%s' (options table expected, got %s)", fname, type(opts)), 4)
-    end
-    check_fields(opts, OPTIONS, fname, 4)
-    if opts.driver and not async.is_driver(opts.driver) then
-        error(fname .. ": option 'driver' must come from dp.driver()", 4)
-    end
-    if opts.retries and (opts.retries < 0 or opts.retries % 1 ~= 0) then
-        error(fname .. ": option 'retries' must be a whole number >= 0", 4)
-    end
-    local d = opts.retry_max_delay
-    if d and (d ~= d or d < 0) then
-        error(fname .. ": option 'retry_max_delay' must be a number of seconds >= 0", 4)
-    end
-    return opts
-end
-
--- As with Google's emulators: DATAPORTABILITY_EMULATOR_HOST=host:port.
-local function default_endpoint()
-    local host = getenv("DATAPORTABILITY_EMULATOR_HOST")
-    if host == nil or host == "" then
-        return DEFAULT_ENDPOINT
-    end
-    if find(host, "[/@?#%s]") then
-        error("DATAPORTABILITY_EMULATOR_HOST must be host:port, got '" .. host .. "'", 4)
-    end
-    return "http://" .. host
-end
-
--- In nginx, requests go through cosockets so that they never block the
--- worker; everywhere else through libcurl in the C core.
-local function in_nginx()
-    local ngx = rawget(_G, "ngx")
-    return type(ngx) == "table" and ngx.socket ~= nil and ngx.get_phase ~= nil
-end
-
-local function new_transport(o)
-    if in_nginx() then
-        return require("dataportability.transport.ngx").new(o)
-    end
-    return core.new(o)
-end
-
-local function create(opts, fname)
-    opts = check_options(opts, fname)
-    local ok, transport = pcall(new_transport, {
-        endpoint = opts.endpoint or default_endpoint(),
-        timeout = opts.timeout,
-        connect_timeout = opts.connect_timeout,
-        ca_file = opts.ca_file,
-        user_agent = opts.user_agent and USER_AGENT .. " " .. opts.user_agent or USER_AGENT,
-        quota_project = opts.quota_project,
-        proxy = opts.proxy,
-    })
-    if not ok then
-        error(fname .. ": " .. tostring(transport), 3)
-    end
+--- client.create(opts, fname, argn, level) -> client: for the public
+--- function `fname`, whose argument #argn is opts; level is what the
+--- caller would give error() to blame the line that called `fname`.
+local function create(opts, fname, argn, level)
+    opts = options.check(opts, OPTIONS, fname, argn, level + 1)
+    local t = transport.new(opts, fname, level + 1)
     return setmetatable({
-        transport = transport, driver = opts.driver, cosockets = in_nginx(),
+        transport = t, driver = opts.driver, cosockets = transport.in_nginx(),
         retries = opts.retries or retry.RETRIES, retry_max_delay = opts.retry_max_delay or retry.MAX_DELAY,
         on_retry = opts.on_retry,
     }, Client)
@@ -119,19 +63,15 @@ local function check_token_type(token, fname)
     end
 end
 
--- What a transport's answer means: the decoded JSON body of a 2xx, or
--- nil, err.
--- Kinds whose request surely never left: nothing reached the server.
-local UNSENT_KINDS = { dns = true, connect = true, invalid_token = true, closed = true }
-
 -- The answer of most calls: shared, never changed.
 local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
-local function outcome(m, token, status, resp, content_type, retry_after)
-    if not status then -- nothing usable came back: the kind, the message, the sends
-        local kind, sends = resp, retry_after
-        local sent = not UNSENT_KINDS[kind] and (sends == nil or sends > 0)
-        return nil, errors.new(m.id, kind, content_type, { sent = sent })
+-- What a transport's seven values (docs/transport.md) mean: the decoded
+-- JSON body of a 2xx, or nil, err.
+local function outcome(m, token, status, resp, content_type, retry_after, kind, message, sent)
+    if not status then -- nothing usable came back
+        return nil, errors.new(m.id, kind, message,
+            { sent = sent ~= "no", stale_connection = sent == "stale" or nil })
     end
     if status >= 200 and status < 300
         and (resp == "{}\n" or resp == "{}" or resp == "" or find(resp, "^%s*{%s*}%s*$")) then
@@ -349,7 +289,9 @@ end
 -- After a failed attempt (try.attempts of them so far): marks err with
 -- the attempts, and maybe_applied for a reset that probably took effect
 -- on an attempt whose answer was lost; returns the wait before sending
--- again, as retry.lua allows, or nil.
+-- again, as retry.lua allows, or nil. A stale kept-alive connection is
+-- retried at once, where the method allows it at all: the server most
+-- likely closed it idle, and a new connection is all it takes.
 local function judge(self, m, try, err)
     err.attempts = try.attempts
     if m.revokes and try.lost and err.status == "UNAUTHENTICATED" then
@@ -357,7 +299,7 @@ local function judge(self, m, try, err)
     end
     try.lost = try.lost or (err.http_status == nil and err.sent == true)
     local delay = try.attempts <= self.retries and retry.allowed(m.id, err)
-        and retry.delay(try.attempts, err, self.retry_max_delay)
+        and (err.stale_connection and 0 or retry.delay(try.attempts, err, self.retry_max_delay))
     if not delay or core.now() - try.started + delay > retry.MAX_TOTAL then
         return nil
     end
@@ -440,7 +382,13 @@ for name, m in pairs(API) do
     end
 end
 
-local MANY_OPTIONS = { concurrency = "number", on_result = "function" }
+local MANY_OPTIONS = options.spec({
+    concurrency = { "number", check = function(v)
+        local most = core.limits.concurrency_max
+        if v < 1 or v > most or v % 1 ~= 0 then return format("must be a whole number in [1, %d]", most) end
+    end },
+    on_result = "function",
+})
 
 local function check_many(tokens, opts)
     if type(tokens) ~= "table" then
@@ -453,15 +401,8 @@ local function check_many(tokens, opts)
                 type(tokens[i])), 3)
         end
     end
-    if opts ~= nil and type(opts) ~= "table" then
-        error(format("bad argument #2 to 'reset_many' (options table expected, got %s)", type(opts)), 3)
-    end
-    check_fields(opts or EMPTY, MANY_OPTIONS, "reset_many", 3)
-    local concurrency = opts and opts.concurrency or 32
-    if concurrency < 1 or concurrency > 1000 or concurrency % 1 ~= 0 then
-        error("reset_many: option 'concurrency' must be a whole number in [1, 1000]", 3)
-    end
-    return concurrency, opts and opts.on_result
+    opts = options.check(opts, MANY_OPTIONS, "reset_many", 2, 3)
+    return opts.concurrency or 32, opts.on_result
 end
 
 --- client:reset_many(tokens [, opts]) -> results, failed: resets every
@@ -500,8 +441,8 @@ function Client:reset_many(tokens, opts)
         end)
         for k = 1, #round do -- the client was closed, before or during the round
             if not seen[k] then
-                local i, _, err = positions and positions[k] or k, outcome(m, round[k], nil, "closed",
-                    "client is closed", 0)
+                local i, _, err = positions and positions[k] or k, outcome(m, round[k], nil, nil, nil, nil,
+                    "closed", "client is closed", "no")
                 err.index = i
                 final(i, err)
             end
@@ -525,16 +466,20 @@ end
 --- export workflow (lua/dataportability/export.lua).
 function Client:export(token, resources, opts)
     check_token_type(token, "export")
-    local exported, err = require("dataportability.export").run(self, token, resources, opts)
+    local exported, err = export.run(self, token, resources, opts) -- not a tail call: it may raise
     return exported, err
 end
 
 --- client:close(): idempotent; later calls return a `closed` error.
 function Client:close()
-    self.transport:close()
-    if self.driver then
-        self.driver:cancelled(self.transport)
+    local driver = self.driver
+    if driver then -- from one of its hooks: once they have returned
+        return driver:after_hooks(function()
+            self.transport:close()
+            driver:cancelled(self.transport)
+        end)
     end
+    self.transport:close()
 end
 
 Client.__close = Client.close

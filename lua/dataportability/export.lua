@@ -4,19 +4,20 @@
 -- done and every file is downloaded.
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
+local options = require("dataportability.options")
 
-local type, pairs, tostring, error = type, pairs, tostring, error
+local tostring, error = tostring, error
 local format, gsub, char, tonumber, min = string.format, string.gsub, string.char, tonumber, math.min
 local open, rename, remove = io.open, os.rename, os.remove
 
 local METHOD = "export"
 local RESUMES = 5 -- a download cut mid-file is resumed this many times
 
-local OPTIONS = {
-    dir = "string", reset = "boolean", on_progress = "function", job_id = "string",
-    start_time = "any", end_time = "any", poll_interval = "number", poll_max_interval = "number",
-    max_wait = "number",
-}
+local OPTIONS = options.spec({
+    dir = "string!", reset = "boolean", on_progress = "function", job_id = "string",
+    start_time = "string|number", end_time = "string|number", poll_interval = "number",
+    poll_max_interval = "number", max_wait = "number",
+})
 
 local sleep, now = core.sleep, os.time
 
@@ -61,16 +62,15 @@ local function fetch(client, url, final, name, progress)
         progress({ type = "download", file = name, done = done, total = total })
     end
     for _ = 0, RESUMES do
-        local status, info, message, failed_info = client.transport:download(url, part, report)
+        local r = client.transport:download(url, part, report)
+        local status = r.status
+        md5 = r.md5 or md5 -- a cut transfer resumes from what it wrote
         if not status then
-            -- info is the kind here; a cut transfer resumes from what it wrote
-            md5 = md5 or (failed_info and failed_info.md5)
-            if not errors.new(METHOD, info, message).retryable then
-                return nil, download_error(info, message)
+            if not errors.new(METHOD, r.kind, r.message).retryable then
+                return nil, download_error(r.kind, r.message)
             end
         elseif status == 200 or status == 206 then
-            md5 = info.md5 or md5
-            if not info.total or info.size == info.total then
+            if not r.total or r.size == r.total then
                 if md5 then
                     local got, why = core.md5_file(part)
                     if got ~= md5 then
@@ -81,14 +81,14 @@ local function fetch(client, url, final, name, progress)
                 end
                 local ok, why = rename(part, final)
                 if not ok then return nil, download_error("io", tostring(why)) end
-                return info.size, md5
+                return r.size, md5
             end
         elseif status == 416 then -- the part is already whole, or longer than the file
             remove(part)
         elseif status == 400 or status == 401 or status == 403 then
-            return nil, errors.from_response(METHOD, status, info.error_body or "", nil, nil), true
+            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true
         else
-            return nil, errors.from_response(METHOD, status, info.error_body or "", nil, nil)
+            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil)
         end
     end
     return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
@@ -126,21 +126,14 @@ end
 
 local _M = { file_name = file_name }
 
---- client:export(token, resources, opts) -> result | nil, err
+--- client:export(token, resources, opts) -> result | nil, err; called by
+--- client:export only: what it raises blames the caller of that.
 function _M.run(client, token, resources, opts)
     if client.cosockets then
         error("export downloads files with the C core, which would block nginx's worker: run it outside"
             .. " nginx (a script, a job queue), or use the single methods here", 3)
     end
-    if type(opts) ~= "table" or type(opts.dir) ~= "string" then
-        error("bad argument #3 to 'export' (options table with dir expected)", 3)
-    end
-    for k, v in pairs(opts) do
-        local want = OPTIONS[k]
-        if not want or (want ~= "any" and type(v) ~= want) then
-            error(format("export: bad option '%s'", tostring(k)), 3)
-        end
-    end
+    options.check(opts, OPTIONS, "export", 3, 3)
     local progress = opts.on_progress
     local job_id = opts.job_id
     if not job_id then

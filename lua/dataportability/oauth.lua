@@ -6,11 +6,13 @@
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local scopes = require("dataportability.scopes")
+local options = require("dataportability.options")
+local transport = require("dataportability.transport")
 local json = require("cjson.safe")
 
-local type, pairs, ipairs, tostring, tonumber, error, setmetatable, getmetatable, rawget = type, pairs,
-    ipairs, tostring, tonumber, error, setmetatable, getmetatable, rawget
-local format, gsub, byte, concat, getenv = string.format, string.gsub, string.byte, table.concat, os.getenv
+local type, pairs, ipairs, tonumber, error, setmetatable, getmetatable, rawget = type, pairs, ipairs,
+    tonumber, error, setmetatable, getmetatable, rawget
+local format, gsub, byte, concat = string.format, string.gsub, string.byte, table.concat
 
 local _M = {}
 
@@ -24,9 +26,10 @@ local EARLY = 60 -- seconds before expiry when a cached access token is renewed
 -- Google's endpoints, or the emulator's when DATAPORTABILITY_EMULATOR_HOST is set.
 local EMULATOR_PATHS = { token = "/token", revoke = "/revoke", auth = "/o/oauth2/v2/auth" }
 
-local function default_url(which)
-    local host = getenv("DATAPORTABILITY_EMULATOR_HOST")
-    if host and host ~= "" then
+-- level: what the caller would give error() (a malformed emulator host raises).
+local function default_url(which, fname, level)
+    local host = transport.emulator_host(fname, level + 1)
+    if host then
         return "http://" .. host .. EMULATOR_PATHS[which]
     end
     return GOOGLE[which]
@@ -45,36 +48,24 @@ local function encode(fields)
     return concat(parts, "&")
 end
 
-local function check(o, name, want, fname, optional)
-    local v = o[name]
-    if v == nil and optional then return nil end
-    if type(v) ~= want then
-        error(format("%s: option '%s' must be a %s, got %s", fname, name, want, type(v)), 4)
-    end
-    return v
-end
-
 -- A secret must pass the bearer token rules; the reason never quotes it.
-local function check_secret(o, name, fname, optional)
-    local v = check(o, name, "string", fname, optional)
-    if v ~= nil then
-        local ok, why = core.check_token(v)
-        if not ok then
-            error(format("%s: option '%s' is not a valid token: %s", fname, name, why), 4)
-        end
-    end
-    return v
+local function token_rules(v)
+    local ok, why = core.check_token(v)
+    if not ok then return "is not a valid token: " .. why end
 end
 
--- A client for an endpoint URL with a path: the transport and the path.
-local function endpoint(url, o, fname)
-    local base, path = tostring(url):match("^(https?://[^/?#]+)(/[^?#]*)$")
+-- The transport for the endpoint URL of option `name` (or its default),
+-- and the URL's path. level: what the caller would give error().
+local function endpoint(o, name, which, fname, level)
+    local url = o[name] or default_url(which, fname, level + 1)
+    local base, path = url:match("^(https?://[^/?#]+)(/[^?#]*)$")
     if not base then
-        error(fname .. ": endpoint URLs must be absolute, with a path, got '" .. tostring(url) .. "'", 4)
+        error(format("%s: option '%s' must be an absolute http(s) URL with a path, got '%s'", fname, name,
+            url), level + 1)
     end
-    local c = require("dataportability.client").create({
-        endpoint = base, ca_file = o.ca_file, timeout = o.timeout, user_agent = o.user_agent }, fname)
-    return c, path
+    local t = transport.new({ endpoint = base, ca_file = o.ca_file, timeout = o.timeout,
+                              user_agent = o.user_agent }, fname, level + 1, name)
+    return t, path
 end
 
 local function now()
@@ -85,11 +76,11 @@ end
 
 -- POSTs a form; the decoded JSON answer or nil, err. `secrets` are removed
 -- from anything the server sends back.
-local function post(c, path, fields, method, secrets)
-    local status, body, content_type, retry_after =
-        c.transport:request("POST", path, nil, encode(fields), "form")
+local function post(t, path, fields, method, secrets)
+    local status, body, content_type, retry_after, kind, message, sent =
+        t:request("POST", path, nil, encode(fields), "form")
     if not status then
-        return nil, errors.new(method, body, content_type)
+        return nil, errors.new(method, kind, message, { sent = sent ~= "no" })
     end
     for _, s in pairs(secrets) do
         body = errors.redact(body, s)
@@ -144,7 +135,7 @@ function Source:refresh()
         return nil, errors.new("oauth.token", "invalid_token",
             "no refresh token to renew the access token with")
     end
-    local doc, err = post(self.token_client, self.token_path, {
+    local doc, err = post(self.token_transport, self.token_path, {
         { "grant_type", "refresh_token" }, { "refresh_token", self.refresh_token },
         { "client_id", self.client_id }, { "client_secret", self.client_secret },
     }, "oauth.token", { self.refresh_token, self.client_secret })
@@ -171,95 +162,103 @@ end
 function Source:revoke()
     local token = self.refresh_token or self.access_token
     if not token then return true end
-    local c, path = self.revoke_client, self.revoke_path
-    local doc, err = post(c, path, { { "token", token } }, "oauth.revoke", { token, self.client_secret })
+    local doc, err = post(self.revoke_transport, self.revoke_path, { { "token", token } }, "oauth.revoke",
+        { token, self.client_secret })
     if not doc then return nil, err end
     self.refresh_token = nil
     self:forget()
     return true
 end
 
-local SOURCE_OPTIONS = {
-    client_id = true, client_secret = true, refresh_token = true, access_token = true, expires_at = true,
-    token_endpoint = true, revoke_endpoint = true, ca_file = true, timeout = true, user_agent = true,
+-- A token source's options, and an exchange's (which makes one).
+local SOURCE = {
+    client_id = "string!", client_secret = { "string", check = token_rules },
+    refresh_token = { "string", check = token_rules }, access_token = { "string", check = token_rules },
+    expires_at = "number", token_endpoint = "string", revoke_endpoint = "string", ca_file = "string",
+    timeout = "number", user_agent = "string",
 }
+local EXCHANGE = {
+    code = { "string!", check = token_rules }, code_verifier = "string!", redirect_uri = "string!",
+}
+for k, v in pairs(SOURCE) do EXCHANGE[k] = v end
+SOURCE, EXCHANGE = options.spec(SOURCE), options.spec(EXCHANGE)
 
---- dp.token_source{client_id=, client_secret=, refresh_token= [, access_token=,
---- expires_at=, token_endpoint=, revoke_endpoint=, ca_file=, timeout=]}
-function _M.token_source(o, fname)
-    fname = fname or "token_source"
-    if type(o) ~= "table" then
-        error(format("bad argument #1 to '%s' (options table expected, got %s)", fname, type(o)), 3)
-    end
-    for k in pairs(o) do
-        if not SOURCE_OPTIONS[k] then error(format("%s: unknown option '%s'", fname, tostring(k)), 3) end
-    end
+-- A token source from checked options. level: what the caller would give error().
+local function new_source(o, fname, level)
     local self = setmetatable({
-        client_id = check(o, "client_id", "string", fname),
-        client_secret = check_secret(o, "client_secret", fname, true),
-        refresh_token = check_secret(o, "refresh_token", fname, true),
-        access_token = check_secret(o, "access_token", fname, true),
-        expires_at = check(o, "expires_at", "number", fname, true) or 0,
+        client_id = o.client_id, client_secret = o.client_secret, refresh_token = o.refresh_token,
+        access_token = o.access_token, expires_at = o.expires_at or 0,
     }, Source)
     if self.access_token and not o.expires_at then self.expires_at = now() + 3600 end
-    self.token_client, self.token_path = endpoint(o.token_endpoint or default_url("token"), o, fname)
-    self.revoke_client, self.revoke_path = endpoint(o.revoke_endpoint or default_url("revoke"), o, fname)
+    self.token_transport, self.token_path = endpoint(o, "token_endpoint", "token", fname, level + 1)
+    self.revoke_transport, self.revoke_path = endpoint(o, "revoke_endpoint", "revoke", fname, level + 1)
     return self
+end
+
+--- dp.token_source{client_id=, client_secret=, refresh_token= [, access_token=,
+--- expires_at=, token_endpoint=, revoke_endpoint=, ca_file=, timeout=, user_agent=]}
+function _M.token_source(o)
+    o = options.check(o, SOURCE, "token_source", 1, 2)
+    local source = new_source(o, "token_source", 2) -- not a tail call: errors blame the caller
+    return source
 end
 
 ---------------------------------------------------------------------------
 -- Consent
 
+local function scope_url(s)
+    return type(s) == "string" and (scopes.resource_for(s) and s or scopes.scope_for(s)) or nil
+end
+
+local function code_verifier_rules(v)
+    if not v:find("^[%w%-._~]+$") or #v < 43 or #v > 128 then
+        return "must be 43 to 128 characters of A-Z a-z 0-9 -._~ (RFC 7636)"
+    end
+end
+
+local CONSENT = options.spec({
+    client_id = "string!", redirect_uri = "string!",
+    scopes = { "table!", check = function(list)
+        if #list == 0 then return "must not be empty" end
+        for i, s in ipairs(list) do
+            if not scope_url(s) then
+                return format("must list dataportability resource groups or scope URLs; [%d] is %s", i,
+                    type(s) == "string" and "'" .. s .. "'" or "a " .. type(s))
+            end
+        end
+    end },
+    state = "string", code_verifier = { "string", check = code_verifier_rules }, endpoint = "string",
+    login_hint = "string",
+})
+
 --- dp.authorization_url{client_id=, redirect_uri=, scopes= [, state=,
 --- code_verifier=, endpoint=, login_hint=]} -> url, {state=, code_verifier=}
 --- scopes: resource groups ("myactivity.youtube") or scope URLs.
 function _M.authorization_url(o)
-    local fname = "authorization_url"
-    if type(o) ~= "table" then error("bad argument #1 to 'authorization_url' (options table expected)", 2) end
-    local client_id = check(o, "client_id", "string", fname)
-    local redirect_uri = check(o, "redirect_uri", "string", fname)
-    local list = check(o, "scopes", "table", fname)
+    o = options.check(o, CONSENT, "authorization_url", 1, 2)
     local wanted = {}
-    for i, s in ipairs(list) do
-        local url = type(s) == "string" and (scopes.resource_for(s) and s or scopes.scope_for(s))
-        if not url then
-            error(format("%s: scopes[%d] is not a dataportability resource group or scope: %s", fname, i,
-                tostring(s)), 2)
-        end
-        wanted[#wanted + 1] = url
-    end
-    if #wanted == 0 then error(fname .. ": scopes must not be empty", 2) end
-    local state = check(o, "state", "string", fname, true) or core.random_base64url(16)
-    local verifier = check(o, "code_verifier", "string", fname, true) or core.random_base64url(32)
-    if not verifier:find("^[%w%-._~]+$") or #verifier < 43 or #verifier > 128 then
-        error(fname .. ": code_verifier must be 43 to 128 characters of A-Z a-z 0-9 -._~ (RFC 7636)", 2)
-    end
-    local url = (check(o, "endpoint", "string", fname, true) or default_url("auth")) .. "?" .. encode({
-        { "response_type", "code" }, { "client_id", client_id }, { "redirect_uri", redirect_uri },
+    for i, s in ipairs(o.scopes) do wanted[i] = scope_url(s) end
+    local state = o.state or core.random_base64url(16)
+    local verifier = o.code_verifier or core.random_base64url(32)
+    local url = (o.endpoint or default_url("auth", "authorization_url", 2)) .. "?" .. encode({
+        { "response_type", "code" }, { "client_id", o.client_id }, { "redirect_uri", o.redirect_uri },
         { "scope", concat(wanted, " ") }, { "state", state },
         { "code_challenge", core.sha256_base64url(verifier) }, { "code_challenge_method", "S256" },
         { "access_type", "offline" }, { "prompt", "consent" },
-        { "login_hint", check(o, "login_hint", "string", fname, true) },
+        { "login_hint", o.login_hint },
     })
     return url, { state = state, code_verifier = verifier }
 end
 
 --- dp.exchange_code{client_id=, client_secret=, code=, redirect_uri=,
---- code_verifier= [, token_endpoint=, revoke_endpoint=, ca_file=, timeout=]}
+--- code_verifier= [, token_endpoint=, revoke_endpoint=, ca_file=, timeout=, user_agent=]}
 --- -> token source | nil, err
 function _M.exchange_code(o)
-    local fname = "exchange_code"
-    if type(o) ~= "table" then error("bad argument #1 to 'exchange_code' (options table expected)", 2) end
-    local code = check_secret(o, "code", fname)
-    local verifier = check(o, "code_verifier", "string", fname)
-    local redirect_uri = check(o, "redirect_uri", "string", fname)
-    local source_opts = {}
-    for k, v in pairs(o) do
-        if SOURCE_OPTIONS[k] then source_opts[k] = v end
-    end
-    local source = _M.token_source(source_opts, fname)
-    local doc, err = post(source.token_client, source.token_path, {
-        { "grant_type", "authorization_code" }, { "code", code }, { "redirect_uri", redirect_uri },
+    o = options.check(o, EXCHANGE, "exchange_code", 1, 2)
+    local source = new_source(o, "exchange_code", 2)
+    local code, verifier = o.code, o.code_verifier
+    local doc, err = post(source.token_transport, source.token_path, {
+        { "grant_type", "authorization_code" }, { "code", code }, { "redirect_uri", o.redirect_uri },
         { "client_id", source.client_id }, { "client_secret", source.client_secret },
         { "code_verifier", verifier },
     }, "oauth.token", { code, verifier, source.client_secret })

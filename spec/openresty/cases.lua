@@ -14,7 +14,7 @@ end
 -- dp options from the query string.
 local function options()
     local args, opts = ngx.req.get_uri_args(), {}
-    for _, k in ipairs({ "endpoint", "ca_file", "proxy", "user_agent", "quota_project" }) do
+    for _, k in ipairs({ "endpoint", "ca_file", "proxy", "user_agent", "quota_project", "pool" }) do
         opts[k] = args[k]
     end
     opts.timeout, opts.connect_timeout = tonumber(args.timeout), tonumber(args.connect_timeout)
@@ -83,9 +83,17 @@ function CASES.many()
     return { results = out, failed = failed }
 end
 
+-- The seven positions of a transport's answer (docs/transport.md), and
+-- how many values there were.
+local function answer(...)
+    local status, body, content_type, retry_after, kind, message, sent = ...
+    return { n = select("#", ...), status = status, length = body and #body, content_type = content_type,
+             retry_after = retry_after, kind = kind, message = message, sent = sent }
+end
+
 -- Two light threads share one client (two connections, both pooled); then
--- the emulator drops the next request: the resend skips the other idle
--- connection and opens a new one.
+-- the emulator drops the next request, sent on one of them through the
+-- client's transport: it is not sent again.
 function CASES.threads()
     local c, tok = dp.new(options()), token()
     local a = ngx.thread.spawn(function() return result(c:reset(tok)) end)
@@ -94,30 +102,51 @@ function CASES.threads()
     local _, rb = ngx.thread.wait(b)
     local admin = require("dataportability.transport.ngx").new({ endpoint = ngx.req.get_uri_args().admin })
     local status = admin:request("POST", "/emulator/v1/faults", nil, '{"action":"drop"}')
-    return { a = ra, b = rb, fault = status, third = result(c:reset(tok)) }
+    local third = answer(c.transport:request("POST", "/v1/authorization:reset", tok))
+    return { a = ra, b = rb, fault = status, third = third }
 end
 
--- dp.new with options cosockets cannot honour.
+-- dp.new with options cosockets cannot honour, or a bad pool; the pool
+-- name its transport got.
 function CASES.new()
-    local ok, err = pcall(dp.new, options())
-    return { ok = ok, raised = not ok and tostring(err) or nil }
+    local ok, c = pcall(dp.new, options())
+    return { ok = ok, raised = not ok and tostring(c) or nil, pool = ok and c.transport.pool or nil }
 end
 
--- The transport itself, for a GET and a bad method.
+-- The transport itself, for a GET, a bad method, and once closed.
 function CASES.transport()
     local t = require("dataportability.transport.ngx").new(options())
     local status, body = t:request("GET", "/emulator/v1/health")
     local bad = select(2, pcall(t.request, t, "HEAD", "/"))
     local bad_path = select(2, pcall(t.request, t, "GET", "/a b"))
-    return { status = status, body = body, bad = bad, bad_path = bad_path, name = getmetatable(t).__name }
+    local open = tostring(t)
+    t:close()
+    return { status = status, body = body, bad = bad, bad_path = bad_path, name = getmetatable(t).__name,
+             tostring = open, closed_tostring = tostring(t), closed = answer(t:request("GET", "/")) }
 end
 
--- A GET of `path` through the transport, for bodies the emulator cannot shape.
-function CASES.raw()
+-- One request through a one-off transport (method, default POST, and path,
+-- default a reset, from the query string; the token from the header): every
+-- position of its answer, and its pool's name.
+function CASES.call()
+    local args, o = ngx.req.get_uri_args(), options()
+    local t = require("dataportability.transport.ngx").new({ endpoint = o.endpoint, timeout = o.timeout,
+                                                             pool = o.pool })
+    local r = answer(t:request(args.method or "POST", args.path or "/v1/authorization:reset", token()))
+    r.pool = t.pool
+    return r
+end
+
+-- t:many with concurrency 2 over the header's comma-separated tokens and
+-- one that is not a token: what each on_done call was given.
+function CASES.batch()
+    local tokens = {}
+    for t in token():gmatch("[^,]+") do tokens[#tokens + 1] = t end
+    tokens[#tokens + 1] = "not a token"
     local t = require("dataportability.transport.ngx").new({ endpoint = options().endpoint })
-    local status, body, content_type, retry_after = t:request("GET", ngx.req.get_uri_args().path)
-    if not status then return { kind = body, message = content_type } end
-    return { status = status, length = #body, content_type = content_type, retry_after = retry_after }
+    local out = {}
+    t:many("POST", "/v1/authorization:reset", tokens, 2, function(i, ...) out[i] = answer(...) end)
+    return { results = out }
 end
 
 -- From a timer: the way out of phases without cosockets.
@@ -131,9 +160,9 @@ function CASES.timer()
     return done or { ok = false, message = "timer did not finish" }
 end
 
---- content_by_lua entry: /t/<case>
+--- content_by_lua entry: /t/<case> or /untrusting/t/<case>
 function _M.run()
-    local case = CASES[ngx.var.uri:match("^/t/(%w+)$")]
+    local case = CASES[ngx.var.uri:match("/t/(%w+)$")]
     if not case then return ngx.exit(404) end
     return reply(case())
 end

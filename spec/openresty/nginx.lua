@@ -1,7 +1,8 @@
 -- A real nginx + ngx_lua for spec/30-openresty_spec.lua (one process, random
 -- loopback ports, its own temp prefix, stopped by its own pid). It serves
 -- examples/openresty/reset_handler.lua and the test-only handlers of
--- spec/openresty/cases.lua, and HTTPS with a self-signed certificate.
+-- spec/openresty/cases.lua (also under /untrusting/, which trusts another
+-- CA than the emulator's), and HTTPS with a self-signed certificate.
 local nginx = require("dataportability.emulator.nginx")
 
 local _M = {}
@@ -18,10 +19,16 @@ function _M.start(emu)
         init_worker = ("require('cases').init_worker(%q)"):format(emu.https_endpoint),
         watch = tonumber((nginx.sh("echo $PPID"):gsub("%s", ""))), -- this process
         prepare = function(dir)
-            local _, ok = nginx.sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
-                .. " -nodes -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost"
-                .. " -keyout " .. nginx.quote(dir .. "/self.key")
-                .. " -out " .. nginx.quote(dir .. "/self.pem"))
+            local function self_signed(name, subject, ext)
+                local _, ok = nginx.sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+                    .. " -nodes -days 2 -subj " .. subject .. " -addext " .. ext
+                    .. " -keyout " .. nginx.quote(dir .. "/" .. name .. ".key")
+                    .. " -out " .. nginx.quote(dir .. "/" .. name .. ".pem"))
+                return ok
+            end
+            -- a server certificate nobody trusts, and a CA that signed nothing here
+            local ok = self_signed("self", "/CN=localhost", "subjectAltName=DNS:localhost")
+                and self_signed("other-ca", "/CN=spec-other-ca", "basicConstraints=critical,CA:TRUE")
             return ok or nil, "openssl failed"
         end,
         http = function(s)
@@ -39,6 +46,10 @@ function _M.start(emu)
             }
         }
         location /t/ { content_by_lua_block { require("cases").run() } }
+        location /untrusting/t/ {
+            lua_ssl_trusted_certificate %s/other-ca.pem;
+            content_by_lua_block { require("cases").run() }
+        }
         location = /phase/header_filter {
             content_by_lua_block { ngx.say("body") }
             header_filter_by_lua_block { ngx.header["X-DP-Raised"] = require("cases").in_phase().raised }
@@ -66,7 +77,7 @@ function _M.start(emu)
         ssl_certificate %s/self.pem;
         ssl_certificate_key %s/self.key;
         location / { return 200 "{}"; }
-    }]]):format(s.dir, emu.ca_file, s.ports[1], emu.https_endpoint, s.ports[2], s.dir, s.dir)
+    }]]):format(s.dir, emu.ca_file, s.ports[1], emu.https_endpoint, s.dir, s.ports[2], s.dir, s.dir)
         end,
     }))
     server.url = "http://127.0.0.1:" .. server.ports[1]

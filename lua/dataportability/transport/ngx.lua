@@ -1,10 +1,11 @@
 -- The client's requests on nginx cosockets: inside an nginx request a call
--- yields to the event loop instead of blocking the worker. It behaves like
--- the C core's client:request (csrc/client.c): the same option checks,
--- token rules, request headers, verified TLS, 1 MiB limit and error kinds.
+-- yields to the event loop instead of blocking the worker. It implements
+-- docs/transport.md as the C core does (csrc/client.c): the same option
+-- checks, token rules, request headers, verified TLS, limits and outcomes.
 -- Sockets live only for one call and go back to nginx's connection pool, so
 -- a client may be shared by requests and light threads.
 local core = require("dataportability.core")
+local limits = core.limits
 
 local ngx = rawget(_G, "ngx")
 local type, tostring, tonumber, error, setmetatable = type, tostring, tonumber, error, setmetatable
@@ -12,9 +13,9 @@ local find, lower, match, sub, format, floor = string.find, string.lower, string
     string.sub, string.format, math.floor
 local concat, min = table.concat, math.min
 
-local BODY_MAX = 1048576
-local HEADER_LINES_MAX = 200 -- a response with more is not an API answer
-local TOO_LARGE = "response body is larger than 1 MiB"
+local BODY_MAX = limits.body_max
+local TOO_LARGE = format("response body is larger than %g MiB", BODY_MAX / 1048576)
+local STALE = "the kept-alive connection closed without answering; the request may have reached the server"
 
 -- Where ngx_lua allows cosockets (NGX_HTTP_LUA_CONTEXT_YIELDABLE).
 local COSOCKET_PHASES = {
@@ -24,12 +25,12 @@ local COSOCKET_PHASES = {
 local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true }
 local DEFAULT_PORT = { http = 80, https = 443 }
 
-local T = { __name = "dataportability.client" }
+local T = { __name = "dataportability.cosocket_client" }
 T.__index = T
 
 local _M = {}
 
---- T.new(o): o as for core.new. Bad options raise.
+--- T.new(o): o as for core.new, plus `pool`. Bad options raise.
 function _M.new(o)
     if type(ngx) ~= "table" or not ngx.socket then
         error("dataportability.transport.ngx needs ngx_lua", 2)
@@ -43,6 +44,10 @@ function _M.new(o)
     if o.proxy ~= nil then
         error("option 'proxy' is not supported in OpenResty: cosockets connect directly", 0)
     end
+    local pool = o.pool
+    if pool ~= nil and (type(pool) ~= "string" or #pool < 1 or #pool > 128 or find(pool, "[^\32-\126]")) then
+        error("option 'pool' must be a string of 1 to 128 printable ASCII bytes", 0)
+    end
     local self = {}
     self.id = match(tostring(self), "0x%x+") or tostring(self) -- before __tostring hides it
     local host = opts.host
@@ -52,7 +57,12 @@ function _M.new(o)
     self.server_name = match(host, "^%[(.*)%]$") or host
     self.port = opts.port
     self.host_header = opts.port == DEFAULT_PORT[opts.scheme] and host or host .. ":" .. opts.port
-    self.pool = "dataportability:" .. opts.base
+    -- A pooled connection skips the handshake, so its pool is named after
+    -- all that decided its trust: what we know, and `pool` for what
+    -- nginx.conf decides (lua_ssl_trusted_certificate differs per location).
+    self.pool = format("dataportability %s %s%s", opts.base,
+        self.https and "sni=" .. self.server_name .. " verify=on" or "tls=off",
+        pool and " pool=" .. pool or "")
     self.timeout_ms, self.connect_timeout_ms = opts.timeout_ms, opts.connect_timeout_ms
     self.user_agent, self.quota_project = o.user_agent, o.quota_project
     return setmetatable(self, T)
@@ -63,7 +73,7 @@ function T:close()
 end
 
 function T:__tostring()
-    return "dataportability.client: " .. self.id .. (self.closed and " (closed)" or "")
+    return T.__name .. ": " .. self.id .. (self.closed and " (closed)" or "")
 end
 
 -- Sets the socket's timeouts to what is left of the call; false when none is.
@@ -83,30 +93,25 @@ local function connect_kind(err)
     return "connect"
 end
 
--- A connected (and for https verified) socket, or nil, kind, message. `fresh`
--- skips idle pooled connections: the resend after a dead one wants a new one.
-local function open(self, deadline, fresh)
+-- A connected (and for https verified) socket, or nil, kind, message.
+local function open(self, deadline)
     local sock = ngx.socket.tcp()
-    repeat -- ends: every turn takes one idle connection out of the pool
-        if not arm(self, sock, deadline) then return nil, "timeout", "connect timed out" end
-        local ok, err = sock:connect(self.addr, self.port, { pool = self.pool })
-        if not ok then
-            return nil, connect_kind(err), format("cannot connect to %s: %s", self.host_header, err)
-        end
-        local reused = sock:getreusedtimes() > 0
-        if reused and fresh then sock:close() end
-    until not (reused and fresh)
+    if not arm(self, sock, deadline) then return nil, "timeout", "connect timed out" end
+    local ok, err = sock:connect(self.addr, self.port, { pool = self.pool })
+    if not ok then
+        return nil, connect_kind(err), format("cannot connect to %s: %s", self.host_header, err)
+    end
     if self.https and sock:getreusedtimes() == 0 then
         -- Never pass `false` as the session: lua-resty-core 0.1.25 then
         -- returns true for a handshake that completes at once even when
         -- verification failed. With a session argument that case raises
         -- "assertion failed!" instead (lua-resty-core #499): a tls error.
-        local ran, session, err = pcall(sock.sslhandshake, sock, self.session, self.server_name, true)
-        if not ran then session, err = nil, "certificate verification failed" end
+        local ran, session, why = pcall(sock.sslhandshake, sock, self.session, self.server_name, true)
+        if not ran then session, why = nil, "certificate verification failed" end
         if not session then
             sock:close()
-            return nil, err == "timeout" and "timeout" or "tls",
-                format("TLS handshake with %s failed: %s", self.host_header, tostring(err))
+            return nil, why == "timeout" and "timeout" or "tls",
+                format("TLS handshake with %s failed: %s", self.host_header, tostring(why))
         end
         self.session = session -- resumes TLS on the next new connection
     end
@@ -114,9 +119,9 @@ local function open(self, deadline, fresh)
 end
 
 -- A header's value as the C core keeps it: leading spaces skipped, then
--- printable bytes only, at most cap - 1 of them, trailing spaces dropped.
-local function header_value(v, cap)
-    v = match(sub(match(v, "^ *([\32-\126]*)"), 1, cap - 1), "^(.-) *$")
+-- printable bytes only, at most max of them, trailing spaces dropped.
+local function header_value(v, max)
+    v = match(sub(match(v, "^ *([\32-\126]*)"), 1, max), "^(.-) *$")
     return v ~= "" and v or nil
 end
 
@@ -187,7 +192,7 @@ local function read_head(self, sock, deadline)
         minor, status = match(line, "^HTTP/1%.([01]) (%d%d%d)")
         if not status then return nil, "network", "malformed response status line" end
         status, headers = tonumber(status), {}
-        for _ = 1, HEADER_LINES_MAX + 1 do
+        for _ = 1, limits.header_lines_max + 1 do
             line, err = recv(self, sock, deadline, "*l")
             if not line then return nil, read_error(err) end
             if line == "" then break end
@@ -199,26 +204,31 @@ local function read_head(self, sock, deadline)
     return status, minor, headers
 end
 
--- One exchange on one connection. A dead reused connection (it took the
--- request but nothing came back) returns nil, "resend": libcurl then sends
--- once more on a new connection, and so do we.
-local function exchange(self, req, deadline, fresh)
-    local sock, kind, message = open(self, deadline, fresh)
-    if not sock then return nil, kind, message end
+-- No answer: the seven values of docs/transport.md.
+local function none(kind, message, sent)
+    return nil, nil, nil, nil, kind, message, sent
+end
+
+-- One exchange on one connection; never sent twice. A reused connection
+-- that took the request and closed without a byte back is "stale": the
+-- server most likely dropped it idle, but it may have read the request.
+local function exchange(self, req, deadline)
+    local sock, kind, message = open(self, deadline)
+    if not sock then return none(kind, message, "no") end
     local reused = sock:getreusedtimes() > 0
-    local function fail(k, m)
+    local function fail(k, m, sent)
         sock:close()
-        return nil, k, m
+        return none(k, m, sent or "yes")
     end
-    if not arm(self, sock, deadline) then return fail(read_error("timeout")) end
+    if not arm(self, sock, deadline) then return fail("timeout", "timed out before sending", "no") end
     local ok, err = sock:send(req)
     if not ok then
-        if reused and err ~= "timeout" then return fail("resend") end
+        if reused and err ~= "timeout" then return fail("network", STALE, "stale") end
         return fail(read_error(err))
     end
     local status, minor, h, nothing = read_head(self, sock, deadline)
     if not status then -- minor, h: the kind and message
-        if reused and nothing and minor ~= "timeout" then return fail("resend") end
+        if reused and nothing and minor ~= "timeout" then return fail("network", STALE, "stale") end
         return fail(minor, h)
     end
     local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
@@ -238,12 +248,13 @@ local function exchange(self, req, deadline, fresh)
     else
         sock:close()
     end
-    return status, body, h["content-type"] and header_value(h["content-type"], 128),
-        h["retry-after"] and header_value(h["retry-after"], 64)
+    return status, body, h["content-type"] and header_value(h["content-type"], limits.content_type_max),
+        h["retry-after"] and header_value(h["retry-after"], limits.retry_after_max)
 end
 
 --- t:request(method, path [, token [, body [, "json"|"form"]]])
----   -> status, body, content_type|nil, retry_after|nil | nil, kind, message
+---   -> status, body, content_type|nil, retry_after|nil
+---   |  nil, nil, nil, nil, kind, message, sent ("no", "yes" or "stale")
 function T:request(method, path, token, body, body_type)
     if not METHODS[method] then
         error("bad argument #2 to 'request' (method must be GET, POST, PUT, PATCH or DELETE)", 2)
@@ -257,10 +268,10 @@ function T:request(method, path, token, body, body_type)
     if body_type ~= nil and body_type ~= "json" and body_type ~= "form" then
         error("bad argument #6 to 'request' (body type must be 'json' or 'form')", 2)
     end
-    if self.closed then return nil, "closed", "client is closed" end
+    if self.closed then return none("closed", "client is closed", "no") end
     if token ~= nil then
         local ok, reason = core.check_token(token)
-        if not ok then return nil, "invalid_token", reason end
+        if not ok then return none("invalid_token", reason, "no") end
     end
     local phase = ngx.get_phase()
     if not COSOCKET_PHASES[phase] then
@@ -283,12 +294,7 @@ function T:request(method, path, token, body, body_type)
     local req = concat(lines, "\r\n") .. (body or "")
 
     ngx.update_time()
-    local deadline = ngx.now() + self.timeout_ms / 1000
-    local status, resp, content_type, retry_after = exchange(self, req, deadline, false)
-    if status == nil and resp == "resend" then
-        status, resp, content_type, retry_after = exchange(self, req, deadline, true)
-    end
-    return status, resp, content_type, retry_after
+    return exchange(self, req, ngx.now() + self.timeout_ms / 1000)
 end
 
 --- t:many(method, path, tokens, concurrency, on_done): as the C core's
