@@ -108,6 +108,7 @@ static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
 {
     size_t len;
     const char *token, *problem;
+    struct curl_slist *h;
     CURLcode rc;
     CURLMcode mrc;
 
@@ -124,8 +125,8 @@ static int start(lua_State *L, dp_batch *b, dp_slot *s, lua_Integer index)
         return report(L, dp_push_failure(L, "invalid_token", problem, DP_SENT_NO));
     }
     dp_transfer_reset(&s->t);
-    rc = curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER,
-                          dp_transfer_headers(&s->t, b->headers, dp_no_type, token, len));
+    h = dp_transfer_headers(&s->t, b->headers, dp_no_type, token, len);
+    rc = h == NULL ? CURLE_OUT_OF_MEMORY : curl_easy_setopt(s->t.curl, CURLOPT_HTTPHEADER, h);
     lua_pop(L, 1);
     mrc = rc == CURLE_OK ? curl_multi_add_handle(b->multi, s->t.curl) : CURLM_OK;
     if (rc != CURLE_OK || mrc != CURLM_OK) {

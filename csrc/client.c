@@ -450,9 +450,10 @@ int dp_client_prepare(lua_State *L, dp_client *c, int arg, int unshared)
     rc = dp_client_set_url(c, path, path_len);
     if (rc == CURLE_OK)
         rc = set_method(c, method, body, body_len);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->req.curl, CURLOPT_HTTPHEADER,
-                              dp_transfer_headers(&c->req, c->headers, type, token, token_len));
+    if (rc == CURLE_OK) {
+        struct curl_slist *h = dp_transfer_headers(&c->req, c->headers, type, token, token_len);
+        rc = h == NULL ? CURLE_OUT_OF_MEMORY : curl_easy_setopt(c->req.curl, CURLOPT_HTTPHEADER, h);
+    }
     if (rc != CURLE_OK) {
         dp_client_release(c);
         if (unshared)
@@ -470,8 +471,7 @@ void dp_client_release(dp_client *c)
         (void)curl_easy_setopt(c->req.curl, CURLOPT_HTTPHEADER, c->headers);
         (void)curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
     }
-    dp_wipe(c->req.auth, c->req.auth_len);
-    c->req.auth_len = 0;
+    dp_transfer_wipe_token(&c->req);
     dp_wipe(c->post, c->post_len);
     c->post_len = 0;
 }

@@ -247,6 +247,18 @@ static int l_add(lua_State *L)
     return 0;
 }
 
+/* m:remove(client): ends the client's running request in m, if any,
+ * dropping its result. */
+static int l_remove(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    dp_client *c = dp_check_client(L, 2);
+
+    if (c->multi == m)
+        detach(L, m, c);
+    return 0;
+}
+
 /* m:action(fd, readable, writable): fd < 0 means the timer fired. */
 static int l_action(lua_State *L)
 {
@@ -337,6 +349,7 @@ void dp_multi_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"add", l_add},
+        {"remove", l_remove},
         {"action", l_action},
         {"changes", l_changes},
         {"flush", l_flush},

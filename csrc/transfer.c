@@ -231,6 +231,16 @@ struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *header
         headers = &t->type_node;
     }
     if (token != NULL) {
+        size_t need = prefix + token_len + 1;
+        if (need > t->auth_cap) { /* a new buffer: the old one is wiped, not moved by realloc */
+            char *p = malloc(need);
+            if (p == NULL)
+                return NULL;
+            dp_wipe(t->auth, t->auth_cap);
+            free(t->auth);
+            t->auth = p;
+            t->auth_cap = need;
+        }
         memcpy(t->auth, DP_AUTH_PREFIX, prefix);
         memcpy(t->auth + prefix, token, token_len);
         t->auth[prefix + token_len] = '\0';
@@ -242,10 +252,15 @@ struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *header
     return headers;
 }
 
-void dp_transfer_wipe(dp_transfer *t)
+void dp_transfer_wipe_token(dp_transfer *t)
 {
     dp_wipe(t->auth, t->auth_len);
     t->auth_len = 0;
+}
+
+void dp_transfer_wipe(dp_transfer *t)
+{
+    dp_transfer_wipe_token(t);
     if (t->body != NULL)
         dp_wipe(t->body, t->body_len); /* token endpoints answer with secrets */
     t->body_len = 0;
@@ -256,8 +271,10 @@ void dp_transfer_free(dp_transfer *t)
     if (t->curl != NULL)
         curl_easy_cleanup(t->curl);
     t->curl = NULL;
-    dp_wipe(t->auth, t->auth_len);
-    t->auth_len = 0;
+    dp_wipe(t->auth, t->auth_cap);
+    free(t->auth);
+    t->auth = NULL;
+    t->auth_len = t->auth_cap = 0;
     if (t->body != NULL)
         dp_wipe(t->body, t->body_cap);
     free(t->body);

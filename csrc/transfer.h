@@ -57,8 +57,8 @@ typedef struct dp_transfer {
      * live here, not on a C stack, because an asynchronous request
      * outlives the call that started it. */
     struct curl_slist type_node, auth_node;
-    char auth[sizeof DP_AUTH_PREFIX + DP_TOKEN_MAX]; /* wiped after each request */
-    size_t auth_len;
+    char *auth;                 /* made to fit the token; wiped after each request */
+    size_t auth_len, auth_cap;
 } dp_transfer;
 
 /* Points t->curl's callbacks, their data and its error buffer at t. */
@@ -66,12 +66,14 @@ CURLcode dp_transfer_bind(dp_transfer *t, void *owner);
 /* Clears t's answer before a new request. */
 void dp_transfer_reset(dp_transfer *t);
 /* Links the Authorization node (and the Content-Type node when type is
- * not NULL) in front of `headers`; returns the new head. The token was
- * checked. */
+ * not NULL) in front of `headers`, which is not NULL; returns the new
+ * head, or NULL when out of memory. The token was checked. */
 struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,
                                        const char *token, size_t token_len);
 /* Wipes the token and the body; frees nothing. */
 void dp_transfer_wipe(dp_transfer *t);
+/* Wipes the token; frees nothing. */
+void dp_transfer_wipe_token(dp_transfer *t);
 /* Frees the handle and the buffers, wiped. */
 void dp_transfer_free(dp_transfer *t);
 

@@ -75,6 +75,9 @@ local function bearer()
 end
 
 -- Exactly these bytes on the connection, then (after `stall` seconds) close.
+-- A complete answer among them says "Connection: close": the connection is
+-- not left to the next case half-closed (a stale connection, which the
+-- client never sends on twice: that is spec/18's).
 local function raw(bytes, stall)
     local sock = assert(ngx.req.socket(true))
     sock:send(bytes)
@@ -161,14 +164,15 @@ end
 
 function C.continue_200()
     return raw("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        .. "Content-Length: 2\r\n\r\n{}")
+        .. "Connection: close\r\nContent-Length: 2\r\n\r\n{}")
 end
 
 -- the Retry-After of the 100 must not stick to the final answer
 function C.continue_429()
     local body = google(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")
     return raw("HTTP/1.1 100 Continue\r\nRetry-After: 99\r\n\r\nHTTP/1.1 429 Too Many Requests\r\n"
-        .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+        .. "Connection: close\r\nContent-Type: application/json\r\nContent-Length: " .. #body .. "\r\n\r\n"
+        .. body)
 end
 
 local MiB = 1024 * 1024
@@ -218,7 +222,8 @@ end
 
 function C.long_values()
     local body = google(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")
-    return raw("HTTP/1.1 429 Too Many Requests\r\nRetry-After: " .. rep("9", 90000) .. "\r\nContent-Type: "
+    return raw("HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: " .. rep("9", 90000)
+        .. "\r\nContent-Type: "
         .. rep("t", 5000) .. "\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
 end
 
@@ -236,12 +241,14 @@ end
 
 function C.status_text() return raw("HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\n{}") end
 function C.status_huge() return raw("HTTP/1.1 99999999999999999999 Huge\r\nContent-Length: 2\r\n\r\n{}") end
-function C.status_999() return raw("HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\n{}") end
+function C.status_999()
+    return raw("HTTP/1.1 999 Weird\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+end
 function C.http09() return raw("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n") end
 
 function C.header_nul()
     return raw("HTTP/1.1 200 OK\r\nX-Nul: a\0b\r\nContent-Type: application/json\r\n"
-        .. "Content-Length: 2\r\n\r\n{}")
+        .. "Connection: close\r\nContent-Length: 2\r\n\r\n{}")
 end
 
 -- export: a job, COMPLETE at once, whose signed URLs are these

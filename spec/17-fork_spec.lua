@@ -223,3 +223,41 @@ for _, scheme in ipairs({ "http", "https" }) do
         end
     end)
 end
+
+describe("fork() inside a callback of a running call", function()
+    local emu
+
+    lazy_setup(function() emu = helpers.start() end)
+    lazy_teardown(function()
+        stop_child(false)
+        helpers.stop(emu)
+    end)
+
+    it("the call goes on in the parent; in the child it raises, touching nothing", function()
+        local tokens = {}
+        for i = 1, 6 do tokens[i] = helpers.registered(emu) end
+        local c = dp.new(helpers.https(emu))
+        local r, w = assert(px.pipe())
+        local forked, in_child = false, false
+        local ok, results = pcall(c.reset_many, c, tokens, { concurrency = 2, on_result = function()
+            if forked then return end
+            forked = true
+            local pid = assert(px.fork())
+            if pid == 0 then in_child = true else child = pid end
+        end })
+        if in_child then -- the child reports how reset_many ended, and leaves
+            px.close(r)
+            px.write(w, (ok and "returned" or "raised\t" .. tostring(results):gsub("\n", " ")) .. "\n")
+            px._exit(0)
+        end
+        px.close(w)
+        local report = read_report(r, CHILD_SECONDS)
+        px.close(r)
+        local how, code = stop_child(report ~= nil)
+        c:close()
+        assert.is_true(ok, tostring(results))
+        for i = 1, #tokens do assert.is_true(results[i], "token " .. i) end
+        assert.equals("exited 0", how .. " " .. code)
+        assert.matches("^raised\t.*the process forked inside a callback", report)
+    end)
+end)

@@ -212,8 +212,9 @@ describe("asynchronous calls on a luv loop", function()
         end)
 
         -- A host loop that catches what driver:ready and driver:timeout raise;
-        -- on_watch(fd, readable, writable), if given, runs first in the watch hook.
-        local function catching_driver(caught, on_watch)
+        -- on_watch(fd, readable, writable) and on_timer(ms), if given, run
+        -- first in the hooks.
+        local function catching_driver(caught, on_watch, on_timer)
             local polls, timer, d = {}, uv.new_timer(), nil
             local function guarded(fn, ...)
                 local ok, err = pcall(fn, d, ...)
@@ -235,6 +236,7 @@ describe("asynchronous calls on a luv loop", function()
                     end)
                 end,
                 timer = function(ms)
+                    if on_timer then on_timer(ms) end
                     timer:stop()
                     if ms >= 0 then timer:start(math.max(ms, 1), 0, function() guarded(d.timeout) end) end
                 end,
@@ -270,6 +272,28 @@ describe("asynchronous calls on a luv loop", function()
             assert.equals("closed", results[1].kind)
             assert.is_nil(next(polls))
             c:close()
+        end)
+
+        it("a hook that raises: the call raises it and did nothing; the next call runs", function()
+            local raised, results = false, {}
+            local host = catching_driver({}, nil, function()
+                if not raised then
+                    raised = true
+                    error("timer hook failed")
+                end
+            end)
+            local c = dp.new(helpers.https(emu, { driver = host }))
+            local ok, err = pcall(c.reset_async, c, helpers.registered(emu), function(done)
+                results[#results + 1] = "first: " .. tostring(done)
+            end)
+            assert.is_false(ok)
+            assert.matches("timer hook failed", err)
+            c:reset_async(helpers.registered(emu), function(done) results[#results + 1] = done end)
+            run_until(results, 1)
+            assert.same({ true }, results)
+            assert.equals(1, #emu:requests())
+            c:close()
+            host:close()
         end)
 
         it("a raise straight out of driver:ready leaves the next result queued, then delivered", function()

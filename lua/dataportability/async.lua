@@ -83,8 +83,8 @@ local function sync_once(self)
     end
     if #self.queue > 0 then due = now end
     if due ~= self.armed then
-        self.armed = due
         self.hooks.timer(due and max(0, floor((due - now) * 1000 + 0.5)) or -1)
+        self.armed = due -- once the hook took it: a hook that raised is asked again
     end
 end
 
@@ -142,7 +142,14 @@ function Driver:start(transport, method, path, token, body, callback)
     else
         self.callbacks[transport] = callback
     end
-    sync(self)
+    local ok, err = pcall(sync, self)
+    if not ok then -- a hook raised: the call raises, and did nothing
+        if self.callbacks[transport] == callback then
+            self.callbacks[transport] = nil
+            self.multi:remove(transport)
+        end
+        error(err, 0)
+    end
 end
 
 --- Calls callback(...) later, as a request's end would: for calls refused
