@@ -32,7 +32,7 @@ LUA_VERSION   ?= 5.4
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_MODULE_DIR  ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
-SOURCES = csrc/core.c csrc/client.c csrc/batch.c csrc/crypto.c csrc/download.c csrc/endpoint.c \
+SOURCES = csrc/core.c csrc/client.c csrc/batch.c csrc/crypto.c csrc/download.c csrc/endpoint.c csrc/files.c \
           csrc/multi.c csrc/share.c csrc/token.c csrc/transfer.c
 HEADERS = csrc/compat.h csrc/dp.h csrc/endpoint.h csrc/token.h csrc/transfer.h
 

@@ -52,7 +52,7 @@ build = {
       ["dataportability.core"] = {
          sources = {
             "csrc/core.c", "csrc/client.c", "csrc/batch.c", "csrc/crypto.c", "csrc/download.c",
-            "csrc/endpoint.c", "csrc/multi.c", "csrc/share.c", "csrc/token.c", "csrc/transfer.c",
+            "csrc/endpoint.c", "csrc/files.c", "csrc/multi.c", "csrc/share.c", "csrc/token.c", "csrc/transfer.c",
          },
          libraries = { "curl", "crypto", "pthread" },
          incdirs = { "$(CURL_INCDIR)" },

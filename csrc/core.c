@@ -114,6 +114,7 @@ __attribute__((visibility("default"))) int luaopen_dataportability_core(lua_Stat
     dp_share_open(L);
     dp_batch_open(L);
     dp_crypto_open(L);
+    dp_files_open(L);
     dp_multi_open(L);
     lua_pushliteral(L, DP_VERSION);
     lua_setfield(L, -2, "_VERSION");

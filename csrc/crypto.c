@@ -1,6 +1,9 @@
 /* Hashes and randomness from libcrypto: archive checksums (MD5, as Cloud
  * Storage gives them) and PKCE (SHA-256 of a random verifier). */
+#define _POSIX_C_SOURCE 200809L /* O_NOFOLLOW, O_CLOEXEC, fdopen */
+#include <fcntl.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -37,9 +40,12 @@ static int l_md5_file(lua_State *L)
     unsigned int len = 0;
     size_t n;
     int ok;
-    FILE *fp = fopen(path, "rb");
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    FILE *fp = fd >= 0 ? fdopen(fd, "rb") : NULL;
     EVP_MD_CTX *ctx;
 
+    if (fp == NULL && fd >= 0)
+        (void)close(fd);
     if (fp == NULL)
         return md5_failed(L, "cannot open the file");
     ctx = EVP_MD_CTX_new();

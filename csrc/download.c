@@ -1,10 +1,11 @@
-#define _POSIX_C_SOURCE 200809L /* O_CLOEXEC */
+#define _POSIX_C_SOURCE 200809L /* ftruncate */
 /* client:download: archive files streamed to disk, so memory stays flat
  * for any size, resumable with Range, never with an Authorization header.
  * The handle is a copy of the client's, so it shares the CA, proxy,
  * timeouts and user agent, but it sends none of the API's headers. The
  * progress function runs between the engine's steps, never inside
  * libcurl. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,20 +26,12 @@ static CURLcode make_handle(dp_client *c)
     if (c->dl.curl == NULL)
         return CURLE_OUT_OF_MEMORY;
     rc = dp_transfer_bind(&c->dl, c);
-    /* None of the API's headers, no overall time limit (files may be
-     * large), but a stalled transfer ends: under 1 byte/s for 60 s. */
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+    /* None of the API's headers, no size limit: each call sets its time
+     * limits (prepare). */
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, dp_share_handle(c->share));
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_TIMEOUT_MS, 0L);
-    if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)0);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_TIME, 60L);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_CUSTOMREQUEST, (char *)NULL);
     if (rc == CURLE_OK)
@@ -46,12 +39,82 @@ static CURLcode make_handle(dp_client *c)
     return rc;
 }
 
-static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset)
+/* What one download call asks for (docs/transport.md). */
+typedef struct {
+    int progress;          /* stack index of the progress function, or 0 */
+    int resume;            /* append to the existing file */
+    const char *if_range;  /* "If-Range: <etag>" or NULL */
+    long low_speed_limit;  /* bytes/s ... */
+    long low_speed_time;   /* ... for this many seconds ends the transfer */
+    long timeout_ms;       /* 0: none */
+} dp_download_opts;
+
+static lua_Number opt_number(lua_State *L, const char *name, lua_Number dflt, lua_Number min, lua_Number max)
+{
+    lua_Number v = dflt;
+
+    lua_getfield(L, 4, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "download option '%s' must be a number", name);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    if (!(v >= min && v <= max))
+        luaL_error(L, "download option '%s' is out of range", name);
+    return v;
+}
+
+/* Reads the options table at index 4; leaves progress at index 5 and the
+ * If-Range header at index 6. Bad options raise. */
+static void read_opts(lua_State *L, dp_download_opts *o)
+{
+    const char *etag;
+    size_t len, i;
+
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_settop(L, 4);
+    lua_getfield(L, 4, "progress");
+    if (!lua_isnil(L, 5))
+        luaL_checktype(L, 5, LUA_TFUNCTION);
+    o->progress = lua_isnil(L, 5) ? 0 : 5;
+    lua_getfield(L, 4, "resume");
+    o->resume = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 4, "if_range");
+    etag = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &len);
+    for (i = 0; etag != NULL && i < len; i++)
+        if ((unsigned char)etag[i] < 0x20 || (unsigned char)etag[i] > 0x7e)
+            luaL_error(L, "download option 'if_range' must be printable ASCII");
+    lua_pop(L, 1);
+    if (etag != NULL)
+        lua_pushfstring(L, "If-Range: %s", etag);
+    else
+        lua_pushnil(L);
+    o->if_range = lua_tostring(L, 6);
+    o->low_speed_limit = (long)opt_number(L, "low_speed_limit", 1, 1, 1e9);
+    o->low_speed_time = (long)opt_number(L, "low_speed_time", 60, 1, 86400);
+    o->timeout_ms = (long)(opt_number(L, "timeout", 0, 0, 1e7) * 1000);
+}
+
+static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset,
+                        const dp_download_opts *o)
 {
     char range[48];
     CURLcode rc = c->dl.curl == NULL ? make_handle(c) : CURLE_OK;
 
     snprintf(range, sizeof range, "%lld-", (long long)offset);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_LIMIT, o->low_speed_limit);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_TIME, o->low_speed_time);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    c->dl.type_node.data = (char *)o->if_range; /* held on the Lua stack during the call */
+    c->dl.type_node.next = NULL;
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER,
+                              offset > 0 && o->if_range != NULL ? &c->dl.type_node : NULL);
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_PROTOCOLS_STR, https ? "https" : "http");
@@ -84,6 +147,7 @@ typedef struct {
     int fn;             /* stack index of the progress function, or 0 */
     curl_off_t reported;
 } dp_progress;
+
 
 /* Between the engine's steps: progress(done, total) once per MiB. */
 static int report(lua_State *L, dp_transfer *t, void *ud)
@@ -119,13 +183,15 @@ static void set_string(lua_State *L, const char *name, const char *s, size_t len
 /* The result table of docs/transport.md; kind NULL when t answered. */
 static int push_result(lua_State *L, const dp_transfer *t, const char *kind, const char *message)
 {
-    int ok = kind == NULL && t->status / 100 == 2;
+    int ok = t->status / 100 == 2; /* the answer began: a cut one says what it was of */
     curl_off_t total = ok ? expected_total(t) : -1;
 
     lua_createtable(L, 0, 6);
     if (kind != NULL) {
         set_string(L, "kind", kind, strlen(kind));
         set_string(L, "message", message, strlen(message));
+        if (t->status > 0) /* the answer that was cut short */
+            set_integer(L, "answered", t->status);
     } else {
         set_integer(L, "status", t->status);
     }
@@ -136,19 +202,25 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
     /* The hash is of the whole object: only a whole answer carries it. */
     if (t->status == 200 && t->md5[0] != '\0')
         set_string(L, "md5", t->md5, strlen(t->md5));
+    if (ok && t->etag[0] != '\0')
+        set_string(L, "etag", t->etag, strlen(t->etag));
     if (kind == NULL && !ok && t->body_len > 0)
         set_string(L, "error_body", t->body, t->body_len);
     return 1;
 }
 
-/* client:download(url, path [, progress]) -> result (docs/transport.md)
- *   Appends to `path` from its current size with a Range request (a new
- *   file starts at 0). progress(done, total) runs every MiB. */
+/* client:download(url, path, opts) -> result (docs/transport.md)
+ *   opts: progress(done, total) every MiB; resume: append to the file at
+ *   path from its size with a Range request (else a new file, 0600, that
+ *   must not exist); if_range: the ETag the part was made from;
+ *   low_speed_limit (bytes/s, 1) and low_speed_time (s, 60): a slower
+ *   transfer ends; timeout (s, 0: none). Never through a symbolic link. */
 int dp_client_download(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
     const char *url = luaL_checkstring(L, 2);
     const char *path = luaL_checkstring(L, 3);
+    dp_download_opts o;
     dp_progress progress = {0, 0};
     const char *problem, *kind, *message = NULL;
     int https = 0, fd, status;
@@ -157,11 +229,8 @@ int dp_client_download(lua_State *L)
     off_t at;
     CURLcode rc;
 
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TFUNCTION);
-        progress.fn = 4;
-    }
-    lua_settop(L, 4);
+    read_opts(L, &o);
+    progress.fn = o.progress;
     dp_transfer_reset(&c->dl);
     if (!dp_client_ready(L, c))
         return push_result(L, &c->dl, "closed", "client is closed");
@@ -170,11 +239,13 @@ int dp_client_download(lua_State *L)
         lua_pushfstring(L, "the server listed a download URL that %s", problem);
         return push_result(L, &c->dl, "http", lua_tostring(L, -1));
     }
-    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    fd = dp_open_private(path, o.resume);
     if (fd < 0)
-        return push_result(L, &c->dl, "io", "cannot open the file for writing");
+        return push_result(L, &c->dl, "io", errno == ELOOP ? "refused to write through a symbolic link"
+                                            : errno == EEXIST ? "the file exists already, and is not ours"
+                                            : "cannot open the file for writing");
     at = lseek(fd, 0, SEEK_END);
-    if (at < 0 || (rc = prepare(c, url, https, (curl_off_t)at)) != CURLE_OK) {
+    if (at < 0 || (rc = prepare(c, url, https, (curl_off_t)at, &o)) != CURLE_OK) {
         (void)close(fd);
         return push_result(L, &c->dl, at < 0 ? "io" : "network",
                            at < 0 ? "cannot tell the file's size" : curl_easy_strerror(rc));
@@ -185,6 +256,7 @@ int dp_client_download(lua_State *L)
     pid = c->pid;
     status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
     c->dl.sink = -1;
+    (void)curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
     if (close(fd) != 0)
         c->dl.sink_failed = 1;
     dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */

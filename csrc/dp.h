@@ -2,8 +2,8 @@
  * endpoint.c (URL checks), transfer.c (the Lua-free engine), client.c (the
  * client type), download.c and batch.c (its methods that call back into
  * Lua), multi.c (requests driven by a host's event loop), share.c (the
- * caches a Lua state's clients share), crypto.c, token.c and core.c (the
- * module). */
+ * caches a Lua state's clients share), files.c (private archive files),
+ * crypto.c, token.c and core.c (the module). */
 #ifndef DP_H
 #define DP_H
 
@@ -125,6 +125,13 @@ void dp_multi_open(lua_State *L);
 void dp_multi_cancel(lua_State *L, dp_client *c);
 /* The same in a forked child: c is forgotten, libcurl is not called. */
 void dp_multi_forget(lua_State *L, dp_client *c);
+
+/* ---- files.c ---- */
+
+void dp_files_open(lua_State *L);
+/* Opens path for appending, never through a symbolic link: an existing
+ * file to resume, or else a new one, 0600, that must not exist yet. */
+int dp_open_private(const char *path, int resume);
 
 /* ---- crypto.c ---- */
 

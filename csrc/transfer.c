@@ -122,7 +122,7 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
 
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) { /* a new answer (after 100 Continue) */
-        t->content_type[0] = t->retry_after[0] = t->content_range[0] = t->md5[0] = '\0';
+        t->content_type[0] = t->retry_after[0] = t->content_range[0] = t->md5[0] = t->etag[0] = '\0';
         t->headers_done = 0;
         t->header_lines = 0;
     }
@@ -138,6 +138,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
         dp_keep_header(line, n, "retry-after", t->retry_after, sizeof t->retry_after);
     } else if ((line[0] == 'x' || line[0] == 'X') && t->sink >= 0) {
         keep_md5(t, line, n);
+    } else if ((line[0] == 'e' || line[0] == 'E') && t->sink >= 0) {
+        dp_keep_header(line, n, "etag", t->etag, sizeof t->etag);
     }
     return n;
 }
@@ -217,7 +219,7 @@ void dp_transfer_reset(dp_transfer *t)
     t->sink_failed = 0;
     t->written = 0;
     t->content_type[0] = t->retry_after[0] = t->errbuf[0] = '\0';
-    t->md5[0] = t->content_range[0] = '\0';
+    t->md5[0] = t->content_range[0] = t->etag[0] = '\0';
 }
 
 struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,

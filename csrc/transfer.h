@@ -53,6 +53,7 @@ typedef struct dp_transfer {
     int sink_failed;
     char md5[64];               /* from x-goog-hash, base64 */
     char content_range[96];
+    char etag[128];
     /* Per-request header nodes, linked in front of the fixed list: they
      * live here, not on a C stack, because an asynchronous request
      * outlives the call that started it. */

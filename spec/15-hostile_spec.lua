@@ -777,14 +777,15 @@ describe("hostile servers", function()
             for _, f in ipairs(result.files) do
                 assert.matches("^[%w%-][%w._-]*$", f.name)
                 assert.is_true(#f.name <= 200)
-                assert.equals(into .. "/" .. f.name, f.path)
+                assert.equals(into .. "/" .. result.job_id .. "/" .. f.name, f.path)
                 assert.is_nil(seen[f.name])
                 seen[f.name] = true
                 assert.matches("^file /", helpers.read(f.path))
             end
             assert.equals(11, #result.files)
             assert.equals("into\n", helpers.sh("ls -A " .. q(parent)))
-            assert.equals("11\n", helpers.sh("ls -A " .. q(into) .. " | wc -l"))
+            assert.equals(result.job_id .. "\n", helpers.sh("ls -A " .. q(into)))
+            assert.equals("11\n", helpers.sh("ls " .. q(into .. "/" .. result.job_id) .. " | wc -l"))
             assert.is_false(helpers.contains(result, token))
             nginx.sh("rm -rf " .. q(parent))
         end)
@@ -795,7 +796,8 @@ describe("hostile servers", function()
                 { dir = into, reset = false })
             assert.is_nil(result)
             shape(err, { kind = "integrity", retryable = false, method = "export" }, token)
-            assert.equals("", helpers.sh("ls -A " .. q(into)))
+            assert.equals(err.job_id .. "\n", helpers.sh("ls -A " .. q(into)))
+            assert.equals("", helpers.sh("ls -A " .. q(into .. "/" .. err.job_id))) -- nothing kept
             nginx.sh("rm -rf " .. q(into))
         end)
 
@@ -805,7 +807,8 @@ describe("hostile servers", function()
                 -- a server's answer, not a programming error: nil, err, never a raise
                 local ok, result, err = pcall(hostile, case, nil, "export", { "myactivity.youtube" },
                     { dir = into, reset = false })
-                assert.equals("", helpers.sh("ls -A " .. q(into)), case)
+                -- nothing fetched or written: the job's directory stays empty
+                assert.equals("", helpers.sh("ls -A " .. q(into) .. "/*"), case)
                 nginx.sh("rm -rf " .. q(into))
                 assert.is_true(ok, case .. " raised: " .. tostring(result))
                 assert.is_nil(result, case)

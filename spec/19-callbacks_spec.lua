@@ -24,13 +24,15 @@ describe("callbacks that call back", function()
     local function registered() return helpers.registered(emu, { dp.scope_for(GROUP) }) end
 
     -- client:export with on_progress(event) calling `act(c, event)` at the
-    -- first download event; returns the client and export's results.
+    -- first download event; returns the client, export's results and the
+    -- job's directory.
     local function export_with(act)
         local c = dp.new(helpers.https(emu))
-        local acted = false
+        local acted, job_dir = false, nil
         local results = table.pack(pcall(c.export, c, registered(), { GROUP }, {
             dir = dir, poll_interval = 1, reset = false,
             on_progress = function(e)
+                if e.type == "job" then job_dir = dir .. "/" .. e.job_id end
                 if e.type == "download" and not acted then
                     acted = true
                     act(c, e)
@@ -38,7 +40,7 @@ describe("callbacks that call back", function()
             end,
         }))
         assert.is_true(acted, "no download event")
-        return c, results
+        return c, results, job_dir
     end
 
     -- The client still works for a call that is not a callback's.
@@ -89,10 +91,10 @@ describe("callbacks that call back", function()
 
         it("a raise comes out of export as it was, a table too; the client goes on", function()
             local thrown = setmetatable({}, { __tostring = function() return "cancelled by the user" end })
-            local c, r = export_with(function() error(thrown) end)
+            local c, r, job_dir = export_with(function() error(thrown) end)
             assert.is_false(r[1])
             assert.equals(thrown, r[2])
-            local part = helpers.size_of(dir .. "/big.zip.part")
+            local part = helpers.size_of(job_dir .. "/.big.zip.part")
             assert.is_true(part >= MiB and part < 3 * MiB, tostring(part))
             still_works(c)
             c:close()

@@ -592,4 +592,159 @@ describe("emulator API", function()
             assert.equals("invalid_grant", res.error)
         end)
     end)
+
+    -- A web page can reach loopback: a "simple" cross-origin request (a form,
+    -- or fetch with text/plain) needs no preflight, and DNS rebinding makes a
+    -- page's own name resolve to 127.0.0.1. So admin writes need the JSON
+    -- type, and every admin request a loopback Host with the port it came in on.
+    describe("admin API guard", function()
+        local RESET, JSON = "/v1/authorization:reset", "application/json"
+
+        -- "-H 'Name: value'"; "" for value: curl sends no such header.
+        local function header(name, value)
+            return " -H " .. q(name .. ":" .. (value ~= "" and " " .. value or ""))
+        end
+
+        -- An admin request by the curl command line: status, decoded body, raw body.
+        -- o.type / o.host: that header ("" sends none); o.body; o.https: "2" or
+        -- "1.1", to the HTTPS port; o.extra: more curl arguments.
+        local function admin(method, path, o)
+            o = o or {}
+            local base, args = emu.endpoint, "-X " .. method .. " " .. (o.extra or "")
+            if o.https then
+                base = emu.https_endpoint
+                args = args .. " --cacert " .. q(emu.ca_file) .. " --http" .. o.https
+            end
+            if o.type then args = args .. header("Content-Type", o.type) end
+            if o.host then args = args .. header("Host", o.host) end
+            if o.body then args = args .. " --data-binary " .. q(o.body) end
+            local status, _, raw = curl(args .. " " .. q(base .. "/emulator/v1" .. path))
+            return status, decode(raw) or {}, raw
+        end
+
+        local function token_body(tok)
+            return cjson.encode({ token = tok, scopes = { YOUTUBE } })
+        end
+
+        local function works(tok) return (call("POST", RESET, tok)) == 200 end
+
+        it("refuses a write without the JSON Content-Type (415), and changes nothing", function()
+            for _, t in ipairs({ "text/plain", "text/plain;charset=UTF-8",
+                                 "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "",
+                                 "text/plain; application/json", "application/json-seq", "application/jsonx",
+                                 "application/json, text/plain" }) do
+                local tok = helpers.token()
+                local status, res = admin("POST", "/tokens", { type = t, body = token_body(tok) })
+                assert.equals(415, status, t)
+                assert.truthy(tostring(res.error):find("Content-Type: application/json", 1, true), t)
+                assert.is_false(works(tok), t)
+            end
+            -- a PUT: the configuration stays as it was
+            assert.equals(415, (admin("PUT", "/config", { type = "text/plain", body = '{"job_seconds":7}' })))
+            assert.equals(1, emu:config().job_seconds)
+        end)
+
+        it("refuses bodiless writes without it: reset, clearing faults and the log", function()
+            local tok = token()
+            emu:set_fault({ action = "status", status = 503, path = "/nowhere" })
+            assert.equals(200, (call("POST", "/v1/accessType:check", tok)))
+            for _, w in ipairs({ { "POST", "/reset" }, { "DELETE", "/state" }, { "DELETE", "/faults" },
+                                 { "DELETE", "/requests" } }) do
+                for _, t in ipairs({ "", "text/plain" }) do
+                    assert.equals(415, (admin(w[1], w[2], { type = t })), w[1] .. " " .. w[2] .. " " .. t)
+                end
+            end
+            assert.is_true(works(tok))
+            assert.equals(1, #select(2, admin("GET", "/faults")).faults)
+            assert.equals(2, #emu:requests())
+        end)
+
+        it("takes application/json with parameters, and an empty body for a bodiless write", function()
+            local tok = helpers.token()
+            assert.equals(200, (admin("POST", "/tokens",
+                { type = "Application/JSON ; charset=utf-8", body = token_body(tok) })))
+            assert.equals(200, (admin("GET", "/requests")))  -- a read needs no Content-Type
+            assert.equals(200, (admin("POST", "/reset", { type = JSON })))
+            assert.is_false(works(tok))
+        end)
+
+        it("refuses a Host that is not loopback with this port (403), for writes and for reads", function()
+            local port = emu.http_port
+            local kept = token()
+            assert.equals(200, (call("POST", "/v1/accessType:check", kept)))
+            local bad = {
+                "evil.example", "evil.example:" .. port, "127.0.0.1.evil.example",
+                "127.0.0.1.evil.example:" .. port, "localhost.evil.example",
+                "localhost.evil.example:" .. port, "127.0.0.1:" .. emu.https_port,
+                "localhost:" .. emu.https_port, "[::1]:1", "127.0.0.1:", "128.0.0.1:" .. port,
+                "127.0.0.256:" .. port, "0.0.0.0:" .. port, "127.1:" .. port, "[::ffff:127.0.0.1]:" .. port,
+                "localhost.:" .. port, "localhost:" .. port .. "@evil.example",
+            }
+            for _, host in ipairs(bad) do
+                local tok = helpers.token()
+                local status, res = admin("POST", "/tokens",
+                    { host = host, type = JSON, body = token_body(tok) })
+                assert.equals(403, status, host)
+                assert.truthy(tostring(res.error):find("Host", 1, true), host)
+                assert.is_false(works(tok), host)
+                local raw
+                status, res, raw = admin("GET", "/requests", { host = host })
+                assert.equals(403, status, host)
+                assert.is_nil(res.requests)
+                assert.falsy(raw:find("/v1/", 1, true))
+                assert.equals(403, (admin("POST", "/reset", { host = host, type = JSON })), host)
+                assert.equals(403, (admin("GET", "/health", { host = host })), host)
+            end
+            -- no Host at all (HTTP/1.0)
+            assert.equals(403, (admin("GET", "/requests", { host = "", extra = "-0" })))
+            assert.equals(403, (admin("POST", "/reset", { host = "", type = JSON, extra = "-0" })))
+            assert.is_true(works(kept))
+        end)
+
+        it("accepts 127.0.0.0/8, [::1] and localhost, without a port or with this one", function()
+            local port = emu.http_port
+            for _, host in ipairs({ "127.0.0.1", "127.0.0.1:" .. port, "127.1.2.3:" .. port,
+                                    "localhost", "localhost:" .. port, "LocalHost:" .. port, "[::1]",
+                                    "[::1]:" .. port }) do
+                assert.equals(200, (admin("GET", "/health", { host = host })), host)
+                assert.equals(200, (admin("POST", "/reset", { host = host, type = JSON })), host)
+            end
+        end)
+
+        it("guards the HTTPS port the same way, over HTTP/2 and HTTP/1.1", function()
+            for _, v in ipairs({ "2", "1.1" }) do
+                assert.equals(200, (admin("GET", "/health", { https = v })), v)
+                for _, host in ipairs({ "evil.example", "127.0.0.1.evil.example:" .. emu.https_port,
+                                        "localhost:" .. emu.http_port }) do
+                    local what = v .. " " .. host
+                    assert.equals(403, (admin("GET", "/requests", { https = v, host = host })), what)
+                    local tok = helpers.token()
+                    assert.equals(403, (admin("POST", "/tokens",
+                        { https = v, host = host, type = JSON, body = token_body(tok) })), what)
+                    assert.is_false(works(tok), what)
+                end
+                local tok = helpers.token()
+                assert.equals(415, (admin("POST", "/tokens",
+                    { https = v, type = "text/plain", body = token_body(tok) })), v)
+                assert.is_false(works(tok), v)
+                assert.equals(200, (admin("POST", "/tokens", { https = v, type = JSON,
+                    host = "127.0.0.1:" .. emu.https_port, body = token_body(tok) })), v)
+                assert.is_true(works(tok), v)
+            end
+        end)
+
+        it("leaves the admin client working, bodiless writes included", function()
+            local tok = token()
+            emu:set_fault({ action = "status", status = 503, path = "/nowhere" })
+            assert.is_true(emu:clear_faults())
+            assert.equals(0, #select(2, admin("GET", "/faults")).faults)
+            assert.is_true(works(tok))
+            assert.is_true(emu:clear_requests())
+            assert.equals(0, #emu:requests())
+            assert.equals(5, emu:configure({ job_seconds = 5 }).job_seconds)
+            local by_name = require("dataportability.emulator").admin("localhost:" .. emu.http_port)
+            assert.is_true(by_name:clear())
+            assert.equals(1, emu:config().job_seconds)
+        end)
+    end)
 end)

@@ -3,6 +3,7 @@
 -- reach the child only through its environment or a file (never argv, not
 -- even the shell's), and must never show up in anything it prints.
 local helpers = require("spec.helpers")
+local nginx = require("dataportability.emulator.nginx")
 local cjson = require("cjson.safe")
 
 local LUA = helpers.LUA
@@ -17,6 +18,23 @@ local write = helpers.write
 
 local function mode_of(path)
     return (sh("stat -c %a " .. q(path)):gsub("%s", ""))
+end
+
+-- A file as a secret should be: only its owner may read it.
+local function write_secret(path, data, mode)
+    write(path, data)
+    assert(os.execute("chmod " .. (mode or "600") .. " " .. q(path)))
+end
+
+-- Text with a byte a terminal would obey: a C0 control other than the
+-- line's end, DEL, or a C1 control in UTF-8 (U+0080..U+009F).
+local function raw_control(text)
+    return text:find("[%z\1-\9\11-\31\127]") or text:find("\194[\128-\159]")
+end
+
+-- The path of the file `name` in an export's "file: PATH (SIZE)" line.
+local function file_line(out, name)
+    return out:match("\nfile: (%S+/" .. name:gsub("%p", "%%%0") .. ") %(")
 end
 
 local function sleep(seconds)
@@ -229,15 +247,15 @@ describe("command line: bin/dataportability #host", function()
             local t = token()
             local dir = tmp .. "/export-1"
             local out, err, code = cli({ "export", "myactivity.youtube", "--dir", dir,
-                                         "--ca-file", emu.ca_file, "--poll-interval", "0.1" }, { token = t })
+                                         "--ca-file", emu.ca_file, "--poll-interval", "1" }, { token = t })
             assert.equal(0, code, err)
             assert.equal("", err) -- no bar, no \r
             assert.matches("^job %x+ started %(ACCESS_TYPE_ONE_TIME%)\nstate: COMPLETE\n", out)
-            assert.matches("file: " .. dir:gsub("%p", "%%%0") .. "/takeout%.zip %(293%.0 KiB%)\n", out)
+            assert.matches("file: " .. dir:gsub("%p", "%%%0") .. "/%S*takeout%.zip %(293%.0 KiB%)\n", out)
             assert.matches("export: 2 files in ", out)
             assert.matches("reset: done\n$", out)
-            assert.equal(300000, #read(dir .. "/takeout.zip"))
-            assert.equal(17, #read(dir .. "/index.json"))
+            assert.equal(300000, #read(file_line(out, "takeout.zip")))
+            assert.equal(17, #read(file_line(out, "index.json")))
             assert.equal("700", mode_of(dir))
             -- the export ended with a reset: the token is dead
             local _, _, again = cli({ "reset" }, { token = t })
@@ -248,7 +266,7 @@ describe("command line: bin/dataportability #host", function()
             local t = token()
             local dir = tmp .. "/export-2"
             local out, err, code = cli({ "--json", "export", "chrome.history", "--dir", dir, "--no-reset",
-                                         "--ca-file", emu.ca_file, "--poll-interval", "0.1" }, { token = t })
+                                         "--ca-file", emu.ca_file, "--poll-interval", "1" }, { token = t })
             assert.equal(0, code, err)
             local r = json_of(out)
             assert.equal("COMPLETE", r.state)
@@ -256,7 +274,7 @@ describe("command line: bin/dataportability #host", function()
             assert.equal(1, #r.files)
             assert.equal("chrome.history.zip", r.files[1].name)
             assert.equal(1024, r.files[1].size)
-            assert.equal(1024, #read(dir .. "/chrome.history.zip"))
+            assert.equal(1024, #read(r.files[1].path))
             local _, _, again = cli({ "reset" }, { token = t })
             assert.equal(0, again)
         end)
@@ -271,13 +289,13 @@ describe("command line: bin/dataportability #host", function()
             assert.equal(0, code, err)
             assert.matches("^job " .. id .. " resumed\nstate: COMPLETE\n", out)
             assert.matches("reset: skipped", out)
-            assert.equal(1024, #read(dir .. "/myactivity.youtube.zip"))
+            assert.equal(1024, #read(file_line(out, "myactivity.youtube.zip")))
         end)
 
         it("a FAILED job exits 1 and says how to retry", function()
             emu:configure({ outcome = "FAILED" })
-            local _, err, code = cli({ "export", "myactivity.youtube", "--dir", tmp .. "/export-4",
-                                       "--poll-interval", "0.1" }, { token = token() })
+            local _, err, code = cli({ "export", "myactivity.youtube", "--dir", tmp .. "/export-4" },
+                                     { token = token() })
             emu:configure({ outcome = cjson.null })
             assert.equal(1, code)
             assert.matches("job: archive job %x+ ended FAILED", err)
@@ -358,7 +376,7 @@ describe("command line: bin/dataportability #host", function()
     describe("the token", function()
         it("comes from --token-file (its first line)", function()
             local file = tmp .. "/token-file"
-            write(file, token() .. "\nsecond line\n")
+            write_secret(file, token() .. "\nsecond line\n")
             local out, err, code = cli({ "reset", "--token-file", file })
             assert.equal(0, code, err)
             assert.equal("reset: done\n", out)
@@ -488,10 +506,11 @@ describe("command line: bin/dataportability #host", function()
         end
 
         it("loopback flow end to end: consent URL, redirect, credentials 0600 that work", function()
-            local client_id, secret = "cli-spec.apps.example", "GOCSPX-cli-spec-secret-42"
+            -- no 8 bytes in common: errors.redact hides any run of 8 bytes of a secret
+            local client_id, secret = "cli-spec.apps.example", "GOCSPX-" .. nginx.random_hex(24)
             secrets[#secrets + 1] = secret
             local secret_file = tmp .. "/client-secret"
-            write(secret_file, secret .. "\n")
+            write_secret(secret_file, secret .. "\n")
             local creds = tmp .. "/credentials.json"
             local f = start_login({ "login", "--client-id", client_id, "--client-secret-file", secret_file,
                 "--scopes", "myactivity.youtube,chrome.history", "--credentials", creds,
@@ -552,6 +571,272 @@ describe("command line: bin/dataportability #host", function()
             assert.equal(1, code)
             assert.matches("state does not match", err)
             assert.is_nil(read(tmp .. "/forged.json"))
+        end)
+    end)
+
+    -- Strings from a server, in human output and in --json. A test nginx
+    -- plays the API; its answers, chosen by the token, put control bytes
+    -- in every string the CLI prints.
+    describe("text from the server", function()
+        local server, endpoint
+        -- ESC sequences (clear the screen, red, a window title ended by BEL),
+        -- a CR and an LF that forge lines of ours, a tab, DEL, a C1 CSI in
+        -- UTF-8, a right-to-left override, a backslash
+        local HOSTILE = "IN_PROGRESS\27[2J\27[31mred\27]0;title\7\rstate: COMPLETE\n"
+            .. "https://evil.example/forged\t\127\194\155" .. "31m\226\128\174gnp.exe\\x1b"
+        local SHOWN = [[IN_PROGRESS\x1b[2J\x1b[31mred\x1b]0;title\x07\rstate: COMPLETE\n]]
+            .. [[https://evil.example/forged\t\x7f\u{9b}31m\u{202e}gnp.exe\\x1b]]
+        local ID = "job\27[8m\r\nstate: COMPLETE\194\155" .. "0m"
+        local ID_SHOWN = [[job\x1b[8m\r\nstate: COMPLETE\u{9b}0m]]
+        local BAD_UTF8 = "https://evil.example/\255\254\192\175"
+
+        lazy_setup(function()
+            local bodies = {
+                job = cjson.encode({ archiveJobId = ID, accessType = HOSTILE }),
+                state = cjson.encode({ state = HOSTILE, urls = { HOSTILE, BAD_UTF8 }, exportTime = HOSTILE }),
+                failed = cjson.encode({ state = "FAILED" }),
+                access = cjson.encode({ oneTimeResources = { HOSTILE } }),
+            }
+            local handler = "local BODIES = {\n"
+            for k, v in pairs(bodies) do handler = handler .. ("    %s = %q,\n"):format(k, v) end
+            handler = handler .. [==[
+}
+local token = (ngx.var.http_authorization or ""):match("^Bearer (%S+)$") or ""
+local uri = ngx.var.uri
+local body
+if uri:find(":initiate$") or uri:find(":retry$") then
+    body = BODIES.job
+elseif uri:find("/portabilityArchiveState$") then
+    body = token:find("^ya29%.failed") and BODIES.failed or BODIES.state
+elseif uri:find("accessType:check$") then
+    body = BODIES.access
+end
+ngx.header["Content-Type"] = "application/json; charset=UTF-8"
+if not body then
+    ngx.status = 404
+    body = '{"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}'
+end
+ngx.print(body)
+]==]
+            server = assert(nginx.start({
+                watch = tonumber((nginx.sh("echo $PPID"):gsub("%s", ""))),
+                prepare = function(d) return nginx.write_file(d .. "/hostile-cli.lua", handler) end,
+                http = function(srv)
+                    return ("    server {\n        listen 127.0.0.1:%d;\n"
+                        .. "        location / { content_by_lua_file %s/hostile-cli.lua; }\n    }\n")
+                        :format(srv.ports[1], srv.dir)
+                end,
+            }))
+            endpoint = "http://127.0.0.1:" .. server.ports[1]
+        end)
+        lazy_teardown(function()
+            if server then assert(server:stop()) end
+        end)
+
+        local function hostile(args, mode)
+            local t = "ya29." .. (mode or "hostile") .. "-" .. nginx.random_hex(16)
+            secrets[#secrets + 1] = t
+            table.insert(args, 1, endpoint)
+            table.insert(args, 1, "--endpoint")
+            return cli(args, { token = t, emulator = false })
+        end
+
+        it("state: escaped in human output, one line per line; exact in --json", function()
+            local out, err, code = hostile({ "state", "job1" })
+            assert.equal(0, code, err)
+            assert.equal("", err)
+            assert.falsy(raw_control(out))
+            assert.equal("state: " .. SHOWN .. "\nexport time: " .. SHOWN .. "\n" .. SHOWN .. "\n"
+                .. [[https://evil.example/\xff\xfe\xc0\xaf]] .. "\n", out)
+
+            out, err, code = hostile({ "--json", "state", "job1" })
+            assert.equal(0, code, err)
+            assert.falsy(raw_control(out))
+            assert.equal(1, select(2, out:gsub("\n", ""))) -- one line
+            local doc = json_of(out)
+            assert.equal(HOSTILE, doc.state)
+            assert.equal(HOSTILE, doc.export_time)
+            assert.equal(HOSTILE, doc.urls[1])
+            -- not UTF-8: each such byte is U+FFFD, so that the JSON text is UTF-8
+            assert.equal("https://evil.example/" .. ("\239\191\189"):rep(4), doc.urls[2])
+        end)
+
+        it("initiate, retry, access-type: the job id, access type and groups escaped", function()
+            local out, err, code = hostile({ "initiate", "myactivity.youtube" })
+            assert.equal(0, code, err)
+            assert.falsy(raw_control(out))
+            assert.equal("job " .. ID_SHOWN .. " started (" .. SHOWN .. ")\n", out)
+
+            out, err, code = hostile({ "retry", "job1" })
+            assert.equal(0, code, err)
+            assert.equal("job " .. ID_SHOWN .. " started (retry of job1) (" .. SHOWN .. ")\n", out)
+
+            out, err, code = hostile({ "access-type" })
+            assert.equal(0, code, err)
+            assert.equal("one-time: " .. SHOWN .. "\ntime-based: (none)\n", out)
+
+            out = hostile({ "--json", "initiate", "myactivity.youtube" })
+            assert.falsy(raw_control(out))
+            assert.same({ archive_job_id = ID, access_type = HOSTILE }, json_of(out))
+        end)
+
+        it("export: progress lines and the hints on stderr escaped", function()
+            local dir = tmp .. "/export-h"
+            -- a job that never ends: its state printed, then --max-wait runs out
+            local out, err, code = hostile({ "export", "myactivity.youtube", "--dir", dir,
+                                             "--max-wait", "1" })
+            assert.equal(3, code, err)
+            assert.falsy(raw_control(out))
+            assert.falsy(raw_control(err))
+            assert.equal("job " .. ID_SHOWN .. " started (" .. SHOWN .. ")\nstate: " .. SHOWN .. "\n", out)
+            assert.truthy(err:find("\nthe job is kept: to resume, run the same command with --job "
+                .. ID_SHOWN .. "\n", 1, true), err)
+            assert.equal(2, select(2, err:gsub("\n", ""))) -- the error, the hint
+
+            -- a job that FAILED: the hint to retry it
+            out, err, code = hostile({ "export", "myactivity.youtube", "--dir", dir }, "failed")
+            assert.equal(1, code, err)
+            assert.falsy(raw_control(out))
+            assert.falsy(raw_control(err))
+            assert.truthy(err:find("\nto run it again: dataportability retry " .. ID_SHOWN .. "\n", 1, true),
+                err)
+            assert.equal(2, select(2, err:gsub("\n", "")))
+
+            out, err = hostile({ "--json", "export", "myactivity.youtube", "--dir", dir }, "failed")
+            assert.equal("", err)
+            assert.falsy(raw_control(out))
+            assert.equal(ID, json_of(out).error.job_id)
+        end)
+
+        it("an error's message (the emulator's status fault): escaped on stderr, exact in --json", function()
+            local message = "refused \27[31mred\rforged\nline \194\155" .. "2J \226\128\174end"
+            emu:set_fault({ action = "status", status = 400, message = message, count = 2,
+                            path = "/v1/authorization:reset" })
+            local out, err, code = cli({ "reset" }, { token = token() })
+            assert.equal(1, code)
+            assert.equal("", out)
+            assert.falsy(raw_control(err))
+            assert.matches("red.*forged.*line.*2J.*end\n$", err)
+            assert.equal(1, select(2, err:gsub("\n", "")))
+
+            out, err, code = cli({ "--json", "reset" }, { token = token() })
+            assert.equal(1, code)
+            assert.equal("", err)
+            assert.falsy(raw_control(out))
+            local e = json_of(out).error
+            assert.equal(400, e.http_status)
+            -- the error table's message as the library made it (one line), byte for byte
+            assert.matches("\194\155" .. "2J \226\128\174end$", e.message)
+        end)
+    end)
+
+    describe("secret files", function()
+        local CREDENTIALS = '{"client_id": "c", "refresh_token": "1//0-not-a-real-refresh-token"}'
+        for _, mode in ipairs({ "644", "640" }) do
+            it("a --token-file of mode 0" .. mode .. " is refused (exit 4), with the chmod to run", function()
+                local file = tmp .. "/token-" .. mode
+                write_secret(file, token() .. "\n", mode)
+                local out, err, code = cli({ "reset", "--token-file", file })
+                assert.equal(4, code, err)
+                assert.equal("", out)
+                local too_open = "io: permissions 0" .. mode .. " for '" .. file .. "' are too open"
+                assert.truthy(err:find(too_open, 1, true), err)
+                assert.truthy(err:find("run: chmod 600 " .. file .. "\n", 1, true), err)
+                out, err, code = cli({ "--json", "reset", "--token-file", file })
+                assert.equal(4, code, err)
+                assert.equal("io", json_of(out).error.kind)
+            end)
+
+            it("a --credentials file of mode 0" .. mode .. " is refused the same way", function()
+                local file = tmp .. "/credentials-" .. mode .. ".json"
+                write_secret(file, CREDENTIALS, mode)
+                local out, err, code = cli({ "reset", "--credentials", file })
+                assert.equal(4, code, err)
+                assert.equal("", out)
+                local too_open = "io: permissions 0" .. mode .. " for '" .. file .. "' are too open"
+                assert.truthy(err:find(too_open, 1, true), err)
+                assert.truthy(err:find("run: chmod 600 " .. file .. "\n", 1, true), err)
+            end)
+        end
+
+        it("a --client-secret-file of mode 0644 is refused before login listens", function()
+            local file = tmp .. "/client-secret-644"
+            write_secret(file, "GOCSPX-not-a-real-client-secret\n", "644")
+            local out, err, code = cli({ "login", "--client-id", "c", "--client-secret-file", file,
+                                         "--scopes", "myactivity.youtube", "--credentials",
+                                         tmp .. "/never-644.json", "--wait", "0.3" })
+            assert.equal(4, code, err)
+            assert.equal("", out)
+            assert.truthy(err:find("permissions 0644 for '" .. file .. "' are too open", 1, true), err)
+            assert.truthy(err:find("run: chmod 600 " .. file .. "\n", 1, true), err)
+            assert.is_nil(err:find("Open this URL", 1, true))
+        end)
+
+        it("files of mode 0600 are used", function()
+            local file = tmp .. "/token-600"
+            write_secret(file, token() .. "\n")
+            local out, err, code = cli({ "reset", "--token-file", file })
+            assert.equal(0, code, err)
+            assert.equal("reset: done\n", out)
+            -- a credentials file 0600 goes as far as the token endpoint, which does not know it
+            file = tmp .. "/credentials-600.json"
+            write_secret(file, CREDENTIALS)
+            out, err, code = cli({ "--json", "reset", "--credentials", file })
+            assert.equal(1, code, err)
+            assert.equal("api", json_of(out).error.kind)
+        end)
+    end)
+
+    describe("an argument that looks like a token", function()
+        local function fake(prefix)
+            local t = prefix .. nginx.random_hex(8) .. "AbC" .. nginx.random_hex(8)
+            secrets[#secrets + 1] = t
+            return t
+        end
+
+        it("is never echoed, wherever it was put, and the message says how to give a token", function()
+            local access, refresh, generic = fake("ya29.a0"), fake("1//0g"), fake("Zz")
+            local short = "ya29.Q" .. nginx.random_hex(4) -- short enough for the old quoting rules
+            local secret = fake("GOCSPX-")
+            secrets[#secrets + 1] = short
+            local dir = tmp .. "/token-args"
+            local cases = {
+                { { "initiate", access }, 4, access },
+                { { "initiate", "myactivity.youtube," .. generic }, 4, generic },
+                { { "export", short, "--dir", dir }, 4, short },
+                { { "initiate", "myactivity.youtube", "--start", access }, 4, access },
+                { { "state", access .. "/x" }, 4, access },
+                { { "cancel", refresh }, 4, refresh },
+                { { "export", "--job", access, "--dir", dir }, 4, access },
+                { { "reset", "--token-file", access }, 4, access },
+                { { "reset", "--credentials", refresh }, 4, refresh },
+                { { "login", "--client-id", "c", "--client-secret-file", secret, "--scopes",
+                    "myactivity.youtube", "--credentials", tmp .. "/never.json", "--wait", "0.3" },
+                  4, secret },
+                { { "login", "--client-id", "c", "--scopes", short, "--credentials", tmp .. "/never.json",
+                    "--wait", "0.3" }, 4, short },
+                { { generic }, 2, generic },
+                { { "--timeout", "ya29.1", "reset" }, 2, "ya29.1" },
+            }
+            for _, c in ipairs(cases) do
+                local out, err, code = cli(c[1], { token = token() })
+                local label = table.concat(c[1], " ") .. ": " .. err
+                assert.equal(c[2], code, label)
+                assert.is_nil((out .. err):find(c[3], 1, true), label)
+                assert.truthy(err:find("an argument that looks like a token (not shown)", 1, true), label)
+                assert.truthy(err:find("DATAPORTABILITY_TOKEN", 1, true), label)
+                assert.truthy(err:find("--token-file FILE", 1, true), label)
+            end
+        end)
+
+        it("a job id that is a token is refused before any request", function()
+            emu:clear_requests()
+            local access = fake("ya29.a0")
+            for _, command in ipairs({ "state", "retry", "cancel" }) do
+                local _, err, code = cli({ "--json", command, access }, { token = token() })
+                assert.equal(4, code, err)
+            end
+            assert.same({}, emu:requests())
         end)
     end)
 

@@ -67,24 +67,21 @@ end
 local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
 -- What a transport's seven values (docs/transport.md) mean: the decoded
--- JSON body of a 2xx, or nil, err.
+-- JSON body of a 2xx, or nil, err. Nothing in either holds 8 bytes in a
+-- row of the token (errors.redact), redacted before anything is cut.
 local function outcome(m, token, status, resp, content_type, retry_after, kind, message, sent)
     if not status then -- nothing usable came back
-        return nil, errors.new(m.id, kind, message,
+        return nil, errors.new(m.id, kind, message and errors.redact(message, token),
             { sent = sent ~= "no", stale_connection = sent == "stale" or nil })
     end
     if status >= 200 and status < 300
         and (resp == "{}\n" or resp == "{}" or resp == "" or find(resp, "^%s*{%s*}%s*$")) then
         return EMPTY
     end
-    resp = errors.redact(resp, token)
-    content_type = content_type and errors.redact(content_type, token)
-    retry_after = retry_after and errors.redact(retry_after, token)
     if status < 200 or status >= 300 then
-        local err = errors.from_response(m.id, status, resp, content_type, retry_after)
-        return nil, errors.scrub(err, token) -- also what JSON escapes hid from redact
+        return nil, errors.from_response(m.id, status, resp, content_type, retry_after, token)
     end
-    local doc = json.decode(resp)
+    local doc = json.decode(errors.redact(resp, token))
     if type(doc) ~= "table" then
         return nil, errors.new(m.id, "http",
             format("HTTP %d with a body that is not a JSON object", status), { http_status = status })

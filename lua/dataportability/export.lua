@@ -2,32 +2,57 @@
 -- until the job ends, download every file to disk (streamed, resumable,
 -- verified), then reset, as Google's guidance says: only once every job is
 -- done and every file is downloaded.
+--
+-- Where files land: DIR/<job id>/NAME, a directory of the job's own (0700),
+-- files 0600. A download in progress is DIR/<job id>/.NAME.part, with its
+-- identity (the server's size, ETag and MD5) in .NAME.json: a server's file
+-- name is never hidden, so neither can be one. A .part is resumed only for
+-- the same job, file and identity (If-Range with its ETag; a 206 of another
+-- size starts over), and the whole file's MD5 is checked after a resume.
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local options = require("dataportability.options")
+local json = require("cjson.safe")
 
-local tostring, error = tostring, error
-local format, gsub, char, tonumber, min = string.format, string.gsub, string.char, tonumber, math.min
-local open, rename, remove = io.open, os.rename, os.remove
+local tostring, error, type = tostring, error, type
+local format, gsub, char, tonumber, min, find = string.format, string.gsub, string.char, tonumber, math.min,
+    string.find
+local remove = os.remove
 
 local METHOD = "export"
 local RESUMES = 5 -- a download cut mid-file is resumed this many times
+local DAY = 86400
+
+local function at_least(n, what)
+    return function(v)
+        if not (v >= n and v < math.huge) then return format("must be %s >= %g", what, n) end
+    end
+end
 
 local OPTIONS = options.spec({
-    dir = "string!", reset = "boolean", on_progress = "function", job_id = "string",
-    start_time = "string|number", end_time = "string|number", poll_interval = "number",
-    poll_max_interval = "number", max_wait = "number",
+    dir = { "string!", check = function(v) if v == "" then return "must not be empty" end end },
+    reset = "boolean", on_progress = "function", job_id = "string",
+    start_time = "string|number", end_time = "string|number",
+    -- Google's guidance: poll a job no more often than about once a second
+    poll_interval = { "number", check = at_least(1, "a number of seconds") },
+    poll_max_interval = { "number", check = at_least(1, "a number of seconds") },
+    max_wait = { "number", check = function(v)
+        if not (v > 0 and v <= 30 * DAY) then return "must be a number of seconds in (0, 30 days]" end
+    end },
+    low_speed_limit = { "number", check = at_least(1, "a number of bytes a second") },
+    low_speed_time = { "number", check = function(v)
+        if not (v >= 1 and v <= 3600) then return "must be a number of seconds in [1, 3600]" end
+    end },
+    download_timeout = { "number", check = function(v)
+        if not (v > 0 and v <= 30 * DAY) then return "must be a number of seconds in (0, 30 days]" end
+    end },
 })
 
-local sleep, now = core.sleep, os.time
+-- A download slower than this for this long ends, and is resumed.
+local LOW_SPEED_LIMIT, LOW_SPEED_TIME = 1024, 60
 
-local function file_size(path)
-    local f = open(path, "rb")
-    if not f then return nil end
-    local size = f:seek("end")
-    f:close()
-    return size
-end
+local sleep, now = core.sleep, os.time
+local file_size = core.file_size
 
 --- A safe local name for a signed URL's file: its last path segment,
 --- decoded, kept to letters, digits and ._- (so no path can escape `dir`),
@@ -52,42 +77,84 @@ local function download_error(kind, message, fields)
     return errors.new(METHOD, kind, message, fields)
 end
 
--- Downloads url into final (through final .. ".part", renamed when whole
+-- A job id as a directory name: as Google mints them, letters, digits, - and _.
+local function job_dir(dir, job_id)
+    if not find(job_id, "^[%w_-]+$") or #job_id > 128 then
+        return nil, format("job id %q cannot name a directory", job_id:sub(1, 40))
+    end
+    return dir .. "/" .. job_id
+end
+
+local function read_identity(path)
+    if not file_size(path) then return nil end
+    local f = io.open(path, "rb")
+    local doc = f and json.decode(f:read("*a") or "")
+    if f then f:close() end
+    return type(doc) == "table" and doc or nil
+end
+
+-- Downloads url into DIR/<job>/NAME through .NAME.part (published when whole
 -- and verified). Returns size, md5; or nil, err, expired (the signed URL
 -- needs renewing).
-local function fetch(client, url, final, name, progress)
-    local part = final .. ".part"
-    local md5
+local function fetch(client, url, jdir, name, progress, bounds)
+    local final, part, id_path = jdir .. "/" .. name, jdir .. "/." .. name .. ".part",
+        jdir .. "/." .. name .. ".json"
+    local id = read_identity(id_path) -- what the part was made from
+    if not (id and file_size(part)) then
+        remove(part)
+        remove(id_path)
+        id = nil
+    end
     local report = progress and function(done, total)
         progress({ type = "download", file = name, done = done, total = total })
     end
     for _ = 0, RESUMES do
-        local r = client.transport:download(url, part, report)
-        local status = r.status
-        md5 = r.md5 or md5 -- a cut transfer resumes from what it wrote
+        local left = bounds.deadline and bounds.deadline - core.now()
+        if left and left <= 0 then
+            return nil, download_error("timeout", name .. ": download_timeout ran out")
+        end
+        local r = client.transport:download(url, part, {
+            progress = report, resume = id ~= nil, if_range = id and id.etag,
+            low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
+        })
+        local status, answered = r.status, r.status or r.answered -- answered: cut short too
+        if answered == 206 and id and (r.total ~= id.total or (r.etag and r.etag ~= id.etag)) then
+            -- the part is of another object: it starts over
+            remove(part)
+            remove(id_path)
+            id = nil
+        elseif answered == 200 or (answered == 206 and not id) then -- a whole answer: its identity
+            id = { total = r.total, etag = r.etag, md5 = r.md5 }
+            local ok, why = core.write_private(id_path, json.encode(id))
+            if not ok then return nil, download_error("io", why) end
+        end
         if not status then
             if not errors.new(METHOD, r.kind, r.message).retryable then
                 return nil, download_error(r.kind, r.message)
             end
-        elseif status == 200 or status == 206 then
+            if not id then remove(part) end -- nothing says what its bytes are of
+        elseif (status == 200 or status == 206) and id then
             if not r.total or r.size == r.total then
-                if md5 then
+                if id.md5 then -- the whole file, after a resume too
                     local got, why = core.md5_file(part)
-                    if got ~= md5 then
+                    if got ~= id.md5 then
                         remove(part)
+                        remove(id_path)
                         return nil, download_error("integrity", format(
-                            "%s: MD5 %s does not match the server's %s", name, tostring(got or why), md5))
+                            "%s: MD5 %s does not match the server's %s", name, tostring(got or why), id.md5))
                     end
                 end
-                local ok, why = rename(part, final)
-                if not ok then return nil, download_error("io", tostring(why)) end
-                return r.size, md5
+                local ok, why = core.publish(part, final)
+                if not ok then return nil, download_error("io", why) end
+                return r.size, id.md5
             end
         elseif status == 416 then -- the part is already whole, or longer than the file
             remove(part)
+            remove(id_path)
+            id = nil
         elseif status == 400 or status == 401 or status == 403 then
             return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true
-        else
+        elseif status ~= 206 then
             return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil)
         end
     end
@@ -96,8 +163,9 @@ end
 
 -- Polls until the job ends: its COMPLETE state, or nil, err.
 local function wait(client, token, job_id, opts, progress)
-    local delay, max_delay = opts.poll_interval or 1, opts.poll_max_interval or 30
-    local deadline = now() + (opts.max_wait or 7 * 86400)
+    local delay = opts.poll_interval or 1
+    local max_delay = opts.poll_max_interval or math.max(30, delay)
+    local deadline = now() + (opts.max_wait or 7 * DAY)
     local last
     while true do
         local st, err = client:state(token, job_id)
@@ -134,6 +202,11 @@ function _M.run(client, token, resources, opts)
             .. " nginx (a script, a job queue), or use the single methods here", 3)
     end
     options.check(opts, OPTIONS, "export", 3, 3)
+    if opts.poll_max_interval and opts.poll_max_interval < (opts.poll_interval or 1) then
+        error("export: option 'poll_max_interval' must be >= poll_interval", 3)
+    end
+    local ok, why = core.private_dir(opts.dir, true)
+    if not ok then return nil, download_error("io", why) end
     local progress = opts.on_progress
     local job_id = opts.job_id
     if not job_id then
@@ -149,18 +222,32 @@ function _M.run(client, token, resources, opts)
         err.job_id = job_id
         return nil, err
     end
+    local jdir, jwhy = job_dir(opts.dir, job_id)
+    if not jdir then return nil, download_error("http", jwhy, { job_id = job_id }) end
+    ok, why = core.private_dir(jdir, true)
+    if not ok then return nil, download_error("io", why, { job_id = job_id }) end
+    local bounds = {
+        low_speed_limit = opts.low_speed_limit or LOW_SPEED_LIMIT,
+        low_speed_time = opts.low_speed_time or LOW_SPEED_TIME,
+        deadline = opts.download_timeout and core.now() + opts.download_timeout,
+    }
     local files, taken = {}, {}
     for i = 1, #st.urls do
         local name = file_name(st.urls[i], taken)
-        local final = opts.dir .. "/" .. name
-        local size, md5 = file_size(final), nil -- a file finished by an earlier run stays
-        if not size or file_size(final .. ".part") then
+        local final = jdir .. "/" .. name
+        -- finished by an earlier run of this job: published only once verified
+        local size = file_size(final)
+        local md5
+        if size then
+            local id = read_identity(jdir .. "/." .. name .. ".json")
+            md5 = id and id.md5
+        else
             local expired
-            size, md5, expired = fetch(client, st.urls[i], final, name, progress)
+            size, md5, expired = fetch(client, st.urls[i], jdir, name, progress, bounds)
             if not size and expired then -- signed URLs expire: renew once
                 local fresh, serr = client:state(token, job_id)
                 if fresh then
-                    size, md5 = fetch(client, fresh.urls[i] or st.urls[i], final, name, progress)
+                    size, md5 = fetch(client, fresh.urls[i] or st.urls[i], jdir, name, progress, bounds)
                 else
                     md5 = serr
                 end
@@ -176,8 +263,8 @@ function _M.run(client, token, resources, opts)
 
     local reset = opts.reset ~= false
     if reset then
-        local ok, rerr = client:reset(token)
-        if not ok then
+        local done, rerr = client:reset(token)
+        if not done then
             rerr.job_id, rerr.files = job_id, files
             return nil, rerr
         end

@@ -2,7 +2,9 @@
 -- that refresh and cache access tokens, consent URLs with PKCE (S256), the
 -- authorization-code exchange and revocation. Client secrets and refresh
 -- tokens obey the access token's rules: checked before any I/O, copied
--- into C only to be wiped, never in an error, a log line or tostring.
+-- into C only to be wiped, never in an error (not even 8 bytes of one in a
+-- row, errors.redact), a log line or tostring, and kept out of a token
+-- source's table (pairs and cjson.encode show none).
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local scopes = require("dataportability.scopes")
@@ -74,37 +76,56 @@ local function now()
     return os.time()
 end
 
--- POSTs a form; the decoded JSON answer or nil, err. `secrets` are removed
--- from anything the server sends back.
+-- POSTs a form; the decoded JSON answer or nil, err. `secrets` (a list,
+-- maybe with holes) are redacted from anything the server sends back,
+-- before it is decoded or cut (errors.redact: any 8 bytes of one in a row).
 local function post(t, path, fields, method, secrets)
     local status, body, content_type, retry_after, kind, message, sent =
         t:request("POST", path, nil, encode(fields), "form")
     if not status then
-        return nil, errors.new(method, kind, message, { sent = sent ~= "no" })
-    end
-    for _, s in pairs(secrets) do
-        body = errors.redact(body, s)
-        content_type = content_type and errors.redact(content_type, s)
-        retry_after = retry_after and errors.redact(retry_after, s)
+        return nil, errors.new(method, kind, message and errors.redact(message, secrets),
+            { sent = sent ~= "no" })
     end
     if status ~= 200 then
-        local err = errors.from_response(method, status, body, content_type, retry_after)
-        for _, s in pairs(secrets) do errors.scrub(err, s) end -- what JSON escapes hid
-        return nil, err
+        return nil, errors.from_response(method, status, body, content_type, retry_after, secrets)
     end
-    local doc = body == "" and {} or json.decode(body)
+    local doc = body == "" and {} or json.decode(errors.redact(body, secrets))
     if type(doc) ~= "table" then
         return nil, errors.new(method, "http", "HTTP 200 with a body that is not a JSON object",
             { http_status = status })
     end
-    return doc
+    return errors.scrub(doc, secrets) -- what JSON escapes hid
 end
 
 ---------------------------------------------------------------------------
 -- Token sources
 
 local Source = { __name = "dataportability.token_source" }
-Source.__index = Source
+
+-- What a source keeps out of its own table, so that pairs(), cjson.encode
+-- and dumps of it show none of its secrets: the client secret, the
+-- refresh and access tokens, and its endpoints' transports and paths.
+-- Keyed by the source, weakly: it goes with its source.
+local private = setmetatable({}, { __mode = "k" })
+local HIDDEN = { client_secret = "secret", refresh_token = "secret", access_token = "secret",
+                 token_transport = true, revoke_transport = true, token_path = true, revoke_path = true }
+
+-- source.refresh_token and the like are still read by name (the CLI saves
+-- the refresh token a login got), and set: a secret must pass the token
+-- rules, checked without quoting it.
+function Source.__index(self, k)
+    local method = Source[k]
+    if method ~= nil then return method end
+    if HIDDEN[k] then return private[self][k] end
+end
+
+function Source.__newindex(self, k, v)
+    if not HIDDEN[k] then return rawset(self, k, v) end
+    if HIDDEN[k] == "secret" and v ~= nil and (type(v) ~= "string" or not core.check_token(v)) then
+        error(format("token source: '%s' must be a valid token", k), 2)
+    end
+    private[self][k] = v
+end
 
 function _M.is_source(x)
     return getmetatable(x) == Source
@@ -112,7 +133,7 @@ end
 
 function Source:__tostring()
     return format("dataportability.token_source: client %s%s", self.client_id,
-        self.refresh_token and "" or " (no refresh token)")
+        private[self].refresh_token and "" or " (no refresh token)")
 end
 
 -- Keeps the answer of a token request.
@@ -120,25 +141,27 @@ local function take(self, doc, method)
     if type(doc.access_token) ~= "string" or not core.check_token(doc.access_token) then
         return nil, errors.new(method, "http", "the token endpoint gave no valid access token")
     end
-    self.access_token = doc.access_token
+    local p = private[self]
+    p.access_token = doc.access_token
     self.expires_at = now() + (tonumber(doc.expires_in) or 3600)
     if type(doc.refresh_token) == "string" and core.check_token(doc.refresh_token) then
-        self.refresh_token = doc.refresh_token
+        p.refresh_token = doc.refresh_token
     end
     self.scope = type(doc.scope) == "string" and doc.scope or self.scope
-    return self.access_token
+    return p.access_token
 end
 
 --- source:refresh() -> access token | nil, err: a new one, now.
 function Source:refresh()
-    if not self.refresh_token then
+    local p = private[self]
+    if not p.refresh_token then
         return nil, errors.new("oauth.token", "invalid_token",
             "no refresh token to renew the access token with")
     end
-    local doc, err = post(self.token_transport, self.token_path, {
-        { "grant_type", "refresh_token" }, { "refresh_token", self.refresh_token },
-        { "client_id", self.client_id }, { "client_secret", self.client_secret },
-    }, "oauth.token", { self.refresh_token, self.client_secret })
+    local doc, err = post(p.token_transport, p.token_path, {
+        { "grant_type", "refresh_token" }, { "refresh_token", p.refresh_token },
+        { "client_id", self.client_id }, { "client_secret", p.client_secret },
+    }, "oauth.token", { p.refresh_token, p.client_secret })
     if not doc then return nil, err end
     return take(self, doc, "oauth.token")
 end
@@ -146,26 +169,29 @@ end
 --- source:token() -> access token | nil, err: the cached one until shortly
 --- before it expires, then a refreshed one.
 function Source:token()
-    if self.access_token and now() < self.expires_at - EARLY then
-        return self.access_token
+    local access = private[self].access_token
+    if access and now() < self.expires_at - EARLY then
+        return access
     end
     return self:refresh()
 end
 
 --- The access token is dead (a reset revoked it): the next token() refreshes.
 function Source:forget()
-    self.access_token, self.expires_at = nil, 0
+    private[self].access_token = nil
+    self.expires_at = 0
 end
 
 --- source:revoke() -> true | nil, err: revokes the refresh token (and with
 --- it the access tokens), or the access token when there is none.
 function Source:revoke()
-    local token = self.refresh_token or self.access_token
+    local p = private[self]
+    local token = p.refresh_token or p.access_token
     if not token then return true end
-    local doc, err = post(self.revoke_transport, self.revoke_path, { { "token", token } }, "oauth.revoke",
-        { token, self.client_secret })
+    local doc, err = post(p.revoke_transport, p.revoke_path, { { "token", token } }, "oauth.revoke",
+        { token, p.client_secret })
     if not doc then return nil, err end
-    self.refresh_token = nil
+    p.refresh_token = nil
     self:forget()
     return true
 end
@@ -185,14 +211,14 @@ SOURCE, EXCHANGE = options.spec(SOURCE), options.spec(EXCHANGE)
 
 -- A token source from checked options. level: what the caller would give error().
 local function new_source(o, fname, level)
-    local self = setmetatable({
-        client_id = o.client_id, client_secret = o.client_secret, refresh_token = o.refresh_token,
-        access_token = o.access_token, expires_at = o.expires_at or 0,
-    }, Source)
-    if self.access_token and not o.expires_at then self.expires_at = now() + 3600 end
-    self.token_transport, self.token_path = endpoint(o, "token_endpoint", "token", fname, level + 1)
-    self.revoke_transport, self.revoke_path = endpoint(o, "revoke_endpoint", "revoke", fname, level + 1)
-    return self
+    local p = { client_secret = o.client_secret, refresh_token = o.refresh_token,
+                access_token = o.access_token }
+    p.token_transport, p.token_path = endpoint(o, "token_endpoint", "token", fname, level + 1)
+    p.revoke_transport, p.revoke_path = endpoint(o, "revoke_endpoint", "revoke", fname, level + 1)
+    local self = setmetatable({ client_id = o.client_id, expires_at = o.expires_at or 0 }, Source)
+    private[self] = p
+    if p.access_token and not o.expires_at then self.expires_at = now() + 3600 end
+    return self, p
 end
 
 --- dp.token_source{client_id=, client_secret=, refresh_token= [, access_token=,
@@ -255,13 +281,13 @@ end
 --- -> token source | nil, err
 function _M.exchange_code(o)
     o = options.check(o, EXCHANGE, "exchange_code", 1, 2)
-    local source = new_source(o, "exchange_code", 2)
+    local source, p = new_source(o, "exchange_code", 2)
     local code, verifier = o.code, o.code_verifier
-    local doc, err = post(source.token_transport, source.token_path, {
+    local doc, err = post(p.token_transport, p.token_path, {
         { "grant_type", "authorization_code" }, { "code", code }, { "redirect_uri", o.redirect_uri },
-        { "client_id", source.client_id }, { "client_secret", source.client_secret },
+        { "client_id", source.client_id }, { "client_secret", p.client_secret },
         { "code_verifier", verifier },
-    }, "oauth.token", { code, verifier, source.client_secret })
+    }, "oauth.token", { code, verifier, p.client_secret })
     if not doc then return nil, err end
     local ok, terr = take(source, doc, "oauth.token")
     if not ok then return nil, terr end

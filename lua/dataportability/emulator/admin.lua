@@ -8,6 +8,7 @@ local S = require("dataportability.emulator.state")
 local traffic = require("dataportability.emulator.traffic")
 
 local array = R.array
+local str_lower, str_match, tonumber, type = string.lower, string.match, tonumber, type
 
 local _M = {}
 
@@ -187,8 +188,50 @@ local ROUTES = {
 }
 ROUTES["DELETE /state"] = ROUTES["POST /reset"]
 
+---------------------------------------------------------------------------
+-- Who may call: a web page can reach loopback too. A "simple" cross-origin
+-- request (a form, or fetch with text/plain) goes out without a preflight,
+-- and DNS rebinding points a page's own name at 127.0.0.1. A browser sends
+-- application/json only after a preflight, which finds no CORS headers
+-- here, and always names the page's host in Host.
+
+-- Host is 127.0.0.0/8, [::1] or localhost, with no port or the port the
+-- request came in on (server_port: the HTTP or the HTTPS one).
+local function loopback_host(host, port)
+    if type(host) ~= "string" then return false end  -- none, or repeated
+    local name, rest = str_match(host, "^(%[::1%])(.*)$")
+    if not name then name, rest = str_match(host, "^([^:]*)(.*)$") end
+    if rest ~= "" and rest ~= ":" .. port then return false end
+    if name == "[::1]" or str_lower(name) == "localhost" then return true end
+    local a, b, c, d = str_match(name, "^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)$")
+    return a == "127" and tonumber(b) <= 255 and tonumber(c) <= 255 and tonumber(d) <= 255
+end
+
+-- The media type is application/json, parameters allowed.
+local function json_type(v)
+    if type(v) ~= "string" then return false end  -- none, or repeated
+    local essence = str_match(v, "^[ \t]*([^;]-)[ \t]*;") or str_match(v, "^[ \t]*(.-)[ \t]*$")
+    return str_lower(essence) == "application/json"
+end
+
+local READS = { GET = true, HEAD = true }
+
+-- nil when the request may go on, else the status and message that refuse it.
+local function guard(method)
+    local h, port = ngx.req.get_headers(0), ngx.var.server_port
+    if not loopback_host(h.host, port) then
+        return 403, "the admin API needs a Host of localhost, 127.0.0.0/8 or [::1], with no port or port "
+            .. port
+    end
+    if not READS[method] and not json_type(h["content-type"]) then
+        return 415, "admin writes need Content-Type: application/json (an empty body is fine)"
+    end
+end
+
 --- Answers /emulator/v1/<path>.
 function _M.handle(method, path, body)
+    local status, message = guard(method)
+    if status then return reply(status, { error = message }) end
     local h = ROUTES[method .. " " .. path]
     if h then return h(body) end
     local id = path:match("^/jobs/([^/]+)$")

@@ -27,11 +27,15 @@ end
 local Admin = {}
 Admin.__index = Admin
 
--- One admin round trip; failures raise (they are test set-up errors).
+-- One admin round trip; failures raise (they are test set-up errors). A
+-- write always has a JSON body, "{}" if nothing else: the emulator refuses
+-- a write without Content-Type: application/json, and the transport sends
+-- that type only with a body.
 function Admin:call(method, path, tbl)
     local cjson = require("cjson")
     self._transport = self._transport or transport(self.endpoint)
-    local status, body, msg = self._transport(method, "/emulator/v1" .. path, tbl and cjson.encode(tbl))
+    local sent = tbl and cjson.encode(tbl) or (method ~= "GET" and "{}" or nil)
+    local status, body, msg = self._transport(method, "/emulator/v1" .. path, sent)
     if status ~= 200 then
         local why = status and (status .. " " .. (tostring(body):gsub("%s+$", "")))
             or (tostring(body) .. ": " .. tostring(msg))
