@@ -77,8 +77,10 @@ local function download_error(kind, message, fields)
     return errors.new(METHOD, kind, message, fields)
 end
 
--- A job id as a directory name: as Google mints them, letters, digits, - and _.
+-- A job id ("ID" or "archiveJobs/ID") as a directory name: as Google mints
+-- them, letters, digits, - and _.
 local function job_dir(dir, job_id)
+    job_id = gsub(job_id, "^archiveJobs/", "")
     if not find(job_id, "^[%w_-]+$") or #job_id > 128 then
         return nil, format("job id %q cannot name a directory", job_id:sub(1, 40))
     end
