@@ -49,11 +49,7 @@ describe("client:export against the emulator", function()
         os.execute("rm -rf '" .. dir .. "'")
     end)
 
-    local function registered()
-        local token = helpers.token()
-        emu:add_token(token, { dp.scope_for(GROUP) })
-        return token
-    end
+    local function registered() return helpers.registered(emu, { dp.scope_for(GROUP) }) end
 
     it("exports a whole archive, without the token at the storage host, then resets", function()
         local token, events = registered(), {}
@@ -158,11 +154,7 @@ describe("client:export keeps each job's files its own, private and bounded", fu
         os.execute("rm -rf '" .. dir .. "'")
     end)
 
-    local function registered()
-        local token = helpers.token()
-        emu:add_token(token, { dp.scope_for(GROUP) })
-        return token
-    end
+    local function registered() return helpers.registered(emu, { dp.scope_for(GROUP) }) end
 
     -- An export with reset off (the token stays usable), as `token` or a new user.
     local function run(extra, token)

@@ -369,17 +369,22 @@ local function decode(s)
     return { text = concat(out), ev = ev, el = el, eo = eo, ee = ee }
 end
 
+-- The index of the last item of the sorted list that is <= x; 0 if none.
+local function last_at_most(list, x)
+    local lo, hi, k = 1, #list, 0
+    while lo <= hi do
+        local mid = floor((lo + hi) / 2)
+        if list[mid] <= x then k, lo = mid, mid + 1 else hi = mid - 1 end
+    end
+    return k
+end
+
 -- Byte x of the view, in s: the first byte of its escape (last: its last
 -- byte), or the byte itself.
 local function to_source(d, x, last)
-    local ev = d.ev
-    local lo, hi, k = 1, #ev, 0
-    while lo <= hi do
-        local mid = floor((lo + hi) / 2)
-        if ev[mid] <= x then k, lo = mid, mid + 1 else hi = mid - 1 end
-    end
+    local k = last_at_most(d.ev, x)
     if k == 0 then return x end
-    local after = ev[k] + d.el[k]
+    local after = d.ev[k] + d.el[k]
     if x < after then return last and d.ee[k] or d.eo[k] end
     return d.ee[k] + 1 + x - after
 end
@@ -402,13 +407,8 @@ end
 
 -- The escape of s holding byte x: its first and last bytes; or x, x.
 local function escape_around(d, x)
-    local eo = d.eo
-    local lo, hi, k = 1, #eo, 0
-    while lo <= hi do
-        local mid = floor((lo + hi) / 2)
-        if eo[mid] <= x then k, lo = mid, mid + 1 else hi = mid - 1 end
-    end
-    if k > 0 and x <= d.ee[k] then return eo[k], d.ee[k] end
+    local k = last_at_most(d.eo, x)
+    if k > 0 and x <= d.ee[k] then return d.eo[k], d.ee[k] end
     return x, x
 end
 
