@@ -1,9 +1,12 @@
-#define _POSIX_C_SOURCE 200809L /* O_NOFOLLOW, O_CLOEXEC, link */
+#define _POSIX_C_SOURCE 200809L /* O_NOFOLLOW, O_CLOEXEC, link, mkstemp */
 /* Archive files hold a person's data: private directories, files that are
  * created 0600 and never through a symbolic link, and a finished file
- * that never replaces one the module did not create (export.lua). */
+ * that never replaces one the module did not create (export.lua). The
+ * command line reads the modes of secret files and writes credentials
+ * here too, so that it never runs a shell (cli/login.lua). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -72,38 +75,77 @@ static int l_publish(lua_State *L)
     return 1;
 }
 
-/* core.write_private(path, data) -> true | nil, message: a small file of
- * the module's (a download's identity), 0600, never through a link. */
-static int l_write_private(lua_State *L)
+/* Writes len bytes to fd, whatever number write(2) takes at a time. */
+static int write_all(int fd, const char *data, size_t len)
 {
-    const char *path = luaL_checkstring(L, 1);
-    size_t len, done = 0;
-    const char *data = luaL_checklstring(L, 2, &len);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    size_t done = 0;
 
-    if (fd < 0)
-        return failed(L, "cannot write %s: %s", path, strerror(errno));
     while (done < len) {
         ssize_t n = write(fd, data + done, len - done);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            (void)close(fd);
-            return failed(L, "cannot write %s: %s", path, strerror(errno));
-        }
+        if (n <= 0)
+            return -1;
         done += (size_t)n;
     }
-    if (close(fd) != 0)
+    return 0;
+}
+
+/* core.write_private(path, data) -> true | nil, message: a small file of
+ * the module's (a download's identity, the CLI's credentials), 0600. It is
+ * written whole to a new file beside path (mkstemp: 0600, O_EXCL), then
+ * renamed over path: never written through a link or into a file someone
+ * else made, never left half written, 0600 whatever path was before. */
+static int l_write_private(lua_State *L)
+{
+    size_t plen, len;
+    const char *path = luaL_checklstring(L, 1, &plen);
+    const char *data = luaL_checklstring(L, 2, &len);
+    char *tmp = lua_newuserdata(L, plen + sizeof ".XXXXXX"); /* collected, whatever happens */
+    int fd, saved;
+
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".XXXXXX", sizeof ".XXXXXX");
+    fd = mkstemp(tmp);
+    if (fd < 0)
         return failed(L, "cannot write %s: %s", path, strerror(errno));
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+        saved = errno;
+        (void)close(fd);
+        (void)unlink(tmp);
+        return failed(L, "cannot write %s: %s", path, strerror(saved));
+    }
+    if (close(fd) != 0 || rename(tmp, path) != 0) {
+        saved = errno;
+        (void)unlink(tmp);
+        return failed(L, "cannot write %s: %s", path, strerror(saved));
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
 
-int dp_open_private(const char *path, int resume)
+/* core.file_mode(path) -> permission bits, "file" | "directory" | "other"
+ * | nil, message. Follows symbolic links, as opening the file does: what
+ * counts is the mode of what would be read. */
+static int l_file_mode(lua_State *L)
 {
-    int flags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC;
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
 
-    return open(path, resume ? flags : flags | O_CREAT | O_EXCL, 0600);
+    if (stat(path, &st) != 0)
+        return failed(L, "cannot use %s: %s", path, strerror(errno));
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+    return 2;
+}
+
+/* core.is_terminal(fd) -> boolean: whether a progress bar may be drawn. */
+static int l_is_terminal(lua_State *L)
+{
+    lua_Integer fd = luaL_checkinteger(L, 1);
+
+    lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd) == 1);
+    return 1;
 }
 
 void dp_files_open(lua_State *L)
@@ -113,6 +155,8 @@ void dp_files_open(lua_State *L)
         {"file_size", l_file_size},
         {"publish", l_publish},
         {"write_private", l_write_private},
+        {"file_mode", l_file_mode},
+        {"is_terminal", l_is_terminal},
         {NULL, NULL}
     };
     dp_setfuncs(L, funcs);

@@ -93,14 +93,16 @@ describe("command line: bin/dataportability #host", function()
         return table.concat(lines, "; ") .. "; "
     end
 
-    -- Runs the CLI: stdout, stderr, exit code. args is a list of words.
+    -- Runs the CLI: stdout, stderr, exit code. args is a list of words;
+    -- opts.prelude, Lua the interpreter runs first (lua -e).
     local function cli(args, opts)
         opts = opts or {}
         n = n + 1
         local err_file = tmp .. "/stderr-" .. n
         local words = {}
         for i, a in ipairs(args) do words[i] = q(a) end
-        local out = sh("(" .. env_lines(opts) .. LUA .. " " .. BIN .. " " .. table.concat(words, " ")
+        local lua = LUA .. (opts.prelude and (" -e " .. q(opts.prelude)) or "")
+        local out = sh("(" .. env_lines(opts) .. lua .. " " .. BIN .. " " .. table.concat(words, " ")
             .. " 2>" .. q(err_file) .. " </dev/null); echo \"::rc=$?\"")
         local code = tonumber(out:match("::rc=(%d+)\n$"))
         out = out:gsub("::rc=%d+\n$", "")
@@ -195,6 +197,7 @@ describe("command line: bin/dataportability #host", function()
             assert.equal("2024-01-01T00:00:00Z", st.start_time)
             assert.equal(1, #st.urls)
             assert.matches("^https://127%.0%.0%.2:%d+/.*chrome%.history%.zip%?", st.urls[1])
+            assert.is_nil(out:find("\\/", 1, true)) -- a / is written as it is, not as \/
 
             emu:set_job(job.archive_job_id, { state = "FAILED" })
             out, _, code = cli({ "--json", "retry", job.archive_job_id }, { token = t })
@@ -291,6 +294,19 @@ describe("command line: bin/dataportability #host", function()
             assert.matches("reset: skipped", out)
             assert.equal(1024, #read(file_line(out, "myactivity.youtube.zip")))
         end)
+
+        it("an existing --dir that group or others may write is refused before any request (exit 4)",
+            function()
+                local dir = tmp .. "/export-open"
+                assert(os.execute("mkdir -m 777 " .. q(dir)))
+                local t = token()
+                emu:clear_requests()
+                local out, err, code = cli({ "export", "myactivity.youtube", "--dir", dir }, { token = t })
+                assert.equal(4, code, err)
+                assert.equal("", out)
+                assert.truthy(err:find("io: " .. dir .. " is writable by group or others", 1, true), err)
+                assert.same({}, emu:requests())
+            end)
 
         it("a FAILED job exits 1 and says how to retry", function()
             emu:configure({ outcome = "FAILED" })
@@ -512,6 +528,10 @@ describe("command line: bin/dataportability #host", function()
             local secret_file = tmp .. "/client-secret"
             write_secret(secret_file, secret .. "\n")
             local creds = tmp .. "/credentials.json"
+            -- a link where the file goes: replaced, never written through
+            local victim = tmp .. "/victim"
+            write_secret(victim, "someone else's\n", "644")
+            assert(os.execute("ln -s " .. q(victim) .. " " .. q(creds)))
             local f = start_login({ "login", "--client-id", client_id, "--client-secret-file", secret_file,
                 "--scopes", "myactivity.youtube,chrome.history", "--credentials", creds,
                 "--auth-endpoint", emu.endpoint .. "/o/oauth2/v2/auth", "--wait", "20" })
@@ -531,7 +551,8 @@ describe("command line: bin/dataportability #host", function()
             local out, err, code = finish(f)
             assert.equal(0, code, err)
             assert.equal("login: credentials written to " .. creds .. " (mode 0600)\n", out)
-            assert.equal("600", mode_of(creds))
+            assert.equal("600", mode_of(creds)) -- a file now, not the link
+            assert.equal("someone else's\n", read(victim))
             local doc = json_of(read(creds))
             assert.equal(client_id, doc.client_id)
             assert.equal(secret, doc.client_secret)
@@ -659,6 +680,10 @@ ngx.print(body)
             assert.equal(HOSTILE, doc.urls[1])
             -- not UTF-8: each such byte is U+FFFD, so that the JSON text is UTF-8
             assert.equal("https://evil.example/" .. ("\239\191\189"):rep(4), doc.urls[2])
+            -- the C1 and bidirectional controls as escapes, inert on a terminal
+            assert.truthy(out:find("\\u009b", 1, true), out)
+            assert.truthy(out:find("\\u202e", 1, true), out)
+            assert.is_nil(out:find("\226\128\174", 1, true))
         end)
 
         it("initiate, retry, access-type: the job id, access type and groups escaped", function()
@@ -772,6 +797,29 @@ ngx.print(body)
             assert.is_nil(err:find("Open this URL", 1, true))
         end)
 
+        it("a link is judged by the file it leads to, as reading it would be", function()
+            local target, link = tmp .. "/token-target", tmp .. "/token-link"
+            write_secret(target, token() .. "\n")
+            assert(os.execute("ln -s " .. q(target) .. " " .. q(link)))
+            local out, err, code = cli({ "reset", "--token-file", link })
+            assert.equal(0, code, err)
+            assert.equal("reset: done\n", out)
+            write_secret(target, token() .. "\n", "644")
+            out, err, code = cli({ "reset", "--token-file", link })
+            assert.equal("", out)
+            assert.equal(4, code, err)
+            assert.truthy(err:find("permissions 0644 for '" .. link .. "' are too open", 1, true), err)
+        end)
+
+        it("a pipe is read without a mode check (--token-file /dev/stdin)", function()
+            local file = tmp .. "/token-for-pipe"
+            write_secret(file, token() .. "\n", "644")
+            local out = sh("(" .. env_lines({}) .. "cat " .. q(file) .. " | " .. LUA .. " " .. BIN
+                .. " reset --token-file /dev/stdin 2>&1); echo \"::rc=$?\"")
+            seen[#seen + 1] = out
+            assert.equal("reset: done\n::rc=0\n", out)
+        end)
+
         it("files of mode 0600 are used", function()
             local file = tmp .. "/token-600"
             write_secret(file, token() .. "\n")
@@ -838,6 +886,54 @@ ngx.print(body)
             end
             assert.same({}, emu:requests())
         end)
+    end)
+
+    -- The CLI runs no other program, and needs luv only for login: here
+    -- io.popen and os.execute raise, and luv cannot be loaded.
+    describe("without a shell or luv", function()
+        local PRELUDE = "package.preload.luv = function() error('luv hidden by the spec') end "
+            .. "io.popen = function() error('the CLI ran a shell') end "
+            .. "os.execute = function() error('the CLI ran a shell') end"
+
+        it("checks a secret file's mode, makes --dir 0700 and exports into it", function()
+            emu:configure({ files = { { name = "a.zip", size = 2048 } } })
+            local file = tmp .. "/token-noshell"
+            write_secret(file, token() .. "\n")
+            local dir = tmp .. "/export-noshell"
+            local out, err, code = cli({ "export", "myactivity.youtube", "--dir", dir, "--token-file", file,
+                                         "--ca-file", emu.ca_file, "--no-reset" }, { prelude = PRELUDE })
+            assert.equal(0, code, err)
+            assert.equal("700", mode_of(dir))
+            assert.equal(2048, #read(file_line(out, "a.zip")))
+            assert(os.execute("chmod 644 " .. q(file)))
+            out, err, code = cli({ "--json", "reset", "--token-file", file }, { prelude = PRELUDE })
+            assert.equal(4, code, err)
+            assert.matches("permissions 0644", json_of(out).error.message)
+        end)
+
+        it("login says that it needs luv (exit 4)", function()
+            local out, err, code = cli({ "login", "--client-id", "c", "--scopes", "myactivity.youtube" },
+                                       { prelude = PRELUDE })
+            assert.equal(4, code, err)
+            assert.equal("", out)
+            assert.matches("login needs luv", err)
+        end)
+    end)
+
+    it("runs in process: require('dataportability.cli').main(argv, sys) returns the exit code", function()
+        local main = require("dataportability.cli").main
+        local out, err = io.tmpfile(), io.tmpfile()
+        local sys = { stdout = out, stderr = err, getenv = function() return nil end }
+        local function text(f)
+            f:seek("set")
+            return f:read("*a")
+        end
+        assert.equal(0, main({ "scopes", "--json" }, sys))
+        assert.equal("alerts.subscriptions", json_of(text(out)).scopes[1].resource)
+        assert.equal(2, main({ "state" }, sys))
+        assert.matches("^dataportability: state needs JOB\n", text(err))
+        out:close()
+        err:close()
     end)
 
     it("no token, secret or refresh token appears in any output", function()
