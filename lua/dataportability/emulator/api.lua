@@ -1,6 +1,6 @@
 --- The v1 methods of the Data Portability API emulator (inside nginx).
--- Shapes and status codes follow Google's (api.md sections 2, 5, 6); where
--- Google's behaviour is not known, docs/emulator.md names the choice made.
+-- Shapes and status codes follow Google's reference; where Google's
+-- behaviour is not known, docs/emulator.md names the choice made.
 -- luacheck: globals ngx
 
 local cjson = require("cjson.safe")
@@ -9,7 +9,7 @@ local S = require("dataportability.emulator.state")
 local archive = require("dataportability.emulator.archive")
 
 local floor, huge = math.floor, math.huge
-local str_find, str_lower = string.find, string.lower
+local str_find, str_lower, str_match = string.find, string.lower, string.match
 
 local _M = {}
 
@@ -27,21 +27,70 @@ end
 ---------------------------------------------------------------------------
 -- Requests
 
+-- The system parameters Google takes on every method, in the query
+-- (https://cloud.google.com/apis/docs/system-parameters and the discovery
+-- document's "parameters"). Any other query parameter is refused.
+local SYSTEM_PARAMS = {}
+for name in ([[access_token oauth_token alt $alt callback $callback fields $fields key $key
+    prettyPrint $prettyPrint quotaUser $quotaUser userProject $userProject $.xgafv $ct
+    $requestReason uploadType upload_protocol userIp]]):gmatch("%S+") do
+    SYSTEM_PARAMS[name] = true
+end
+
 local function bearer_token()
-    local h = ngx.var.http_authorization
+    local h = R.headers()["authorization"]
+    if type(h) == "table" then h = h[1] end
     local scheme, token = (h or ""):match("^%s*(%S+)%s+(%S+)%s*$")
     if scheme and str_lower(scheme) == "bearer" then return token end
+    if h then return nil end
+    -- no header: the access_token (or oauth_token) query parameter
+    local q = R.query()
+    token = q.access_token or q.oauth_token
+    if type(token) == "table" then token = token[1] end
+    if type(token) == "string" and token ~= "" then return token end
+end
+
+local function bad(message, field)
+    return R.send_json(400, R.bad_request(message, field))
+end
+
+-- What is wrong with the query: the first parameter (in query order) that
+-- is not a system one, or a JSONP callback name; nil when nothing is.
+local function check_query()
+    for pair in (ngx.var.args or ""):gmatch("[^&]+") do
+        local name = ngx.unescape_uri((str_match(pair, "^[^=]*")))
+        if name ~= "" and not SYSTEM_PARAMS[name] then
+            return ('Invalid JSON payload received. Unknown name "%s": Cannot bind query parameter. '
+                .. "Field '%s' could not be found in request message."):format(name, name)
+        end
+    end
+    local callback = R.param("callback")
+    if callback ~= nil and not R.valid_callback(callback) then
+        return "Invalid JSONP callback name: " .. tostring(callback) .. "."
+    end
 end
 
 --- The caller's token record and token, or nil once an error is sent.
--- Every method takes any one dataportability.* scope.
+-- Checks run in this order: the answer's format (alt), the credentials
+-- (any one dataportability.* scope), the query parameters.
 local function authorize(method)
+    local alt = R.param("alt")
+    if alt == "proto" then
+        return R.send_json(501, R.rpc_error(501, "The emulator does not answer alt=proto: Google does "
+            .. "not publish the protocol buffer definitions of this API. Use alt=json (the default)."))
+    end
+    if alt ~= nil and alt ~= "json" then
+        return bad("Invalid value for alt: " .. tostring(alt) .. ". This method answers alt=json "
+            .. "(the default) only.", "alt")
+    end
     local token = bearer_token()
     if not token then return R.send_auth_error("missing", method) end
     local rec, status = S.access(token)
     if not rec or status == "revoked" then return R.send_auth_error("invalid", method) end
     if status == "expired" then return R.send_auth_error("expired", method) end
     if #S.groups(rec.scopes) == 0 then return R.send_auth_error("scope", method) end
+    local problem = check_query()
+    if problem then return bad(problem) end
     return rec, token
 end
 
@@ -79,10 +128,6 @@ local INITIATE_FIELDS = {
     resources = "resources", startTime = "startTime", start_time = "startTime",
     endTime = "endTime", end_time = "endTime",
 }
-
-local function bad(message, field)
-    return R.send_json(400, R.bad_request(message, field))
-end
 
 --- 400/403 with an ErrorInfo whose reason is the emulator's own (domain:
 -- the service), for the cases whose details Google does not document.

@@ -1,13 +1,15 @@
 --- What the emulator puts on the wire: Google's JSON (key order, escapes,
--- pretty printing), google.rpc.Status error bodies, the front end's HTML
--- pages, and Cloud Storage's XML errors. Inside nginx + ngx_lua.
+-- pretty printing, gzip), google.rpc.Status error bodies, the front end's
+-- HTML pages, and Cloud Storage's XML errors; and the request as the
+-- handlers see it (a batch part's, or nginx's). Inside nginx + ngx_lua.
 -- luacheck: globals ngx
 
 local cjson = require("cjson.safe")
+local gzip = require("dataportability.emulator.gzip")
 
 local concat, sort = table.concat, table.sort
 local floor = math.floor
-local str_lower, str_sub = string.lower, string.sub
+local str_find, str_lower, str_sub = string.find, string.lower, string.sub
 
 local _M = {}
 
@@ -66,6 +68,38 @@ local STATUS_MESSAGE = {
     [504] = "Deadline expired before operation could complete.",
 }
 _M.STATUS_MESSAGE = STATUS_MESSAGE
+
+---------------------------------------------------------------------------
+-- The request. A part of a batch runs as a subrequest whose ngx.ctx.part
+-- holds its own path and headers: nginx's would be the batch's.
+
+--- The request headers, lower-case names.
+function _M.headers()
+    local part = ngx.ctx.part
+    return part and part.headers or ngx.req.get_headers(200)
+end
+
+--- The path as sent, without the query.
+function _M.path()
+    local part = ngx.ctx.part
+    return part and part.path or ngx.var.request_uri:match("^[^?]*")
+end
+
+--- The query parameters (decoded; a repeated one is a list), read once.
+function _M.query()
+    local ctx = ngx.ctx
+    ctx.query = ctx.query or ngx.req.get_uri_args(100)
+    return ctx.query
+end
+
+--- A system parameter's value, as `name` or `$name` (the first if repeated).
+function _M.param(name)
+    local q = _M.query()
+    local v = q[name]
+    if v == nil then v = q["$" .. name] end
+    if type(v) == "table" then v = v[1] end
+    return v
+end
 
 ---------------------------------------------------------------------------
 -- JSON output. cjson 2.1.0 escapes "/" and cannot mark empty arrays, and
@@ -132,8 +166,17 @@ _M.encode = encode
 -- with `after` (ngx.ctx.drop_answer) closes it before a byte is sent.
 local function send(status, body, ctype, headers)
     if ngx.ctx.drop_answer then return ngx.exit(444) end
+    ctype = ctype or JSON_TYPE
+    -- JSON and batches are compressed as Google's front end does; a batch
+    -- part never is (its batch is the answer on the wire)
+    if body ~= "" and (str_find(ctype, "application/json", 1, true) == 1
+            or str_find(ctype, "multipart/mixed", 1, true) == 1)
+        and not ngx.is_subrequest and gzip.wants(_M.headers()) then
+        body = gzip.compress(body)
+        ngx.header["Content-Encoding"] = "gzip"
+    end
     ngx.status = status
-    ngx.header["Content-Type"] = ctype or JSON_TYPE
+    ngx.header["Content-Type"] = ctype
     ngx.header["Content-Length"] = #body
     for k, v in pairs(headers or {}) do ngx.header[k] = v end
     local cut = ngx.ctx.cut
@@ -149,14 +192,14 @@ end
 _M.send = send
 
 local function pretty()
-    local p = ngx.var.arg_prettyPrint
-    return not (p and (str_lower(p) == "false" or p == "0"))
+    local p = _M.param("prettyPrint")
+    return not (type(p) == "string" and (str_lower(p) == "false" or p == "0"))
 end
 
 -- Google's front end adds these to every API response.
 local function google_headers()
     ngx.header["Server"] = "ESF"
-    ngx.header["Vary"] = { "Origin", "X-Origin", "Referer" }
+    ngx.header["Vary"] = { "Origin", "X-Origin", "Referer", "Accept-Encoding" }
     ngx.header["X-Content-Type-Options"] = "nosniff"
     ngx.header["X-Frame-Options"] = "SAMEORIGIN"
     ngx.header["X-XSS-Protection"] = "0"
@@ -166,9 +209,8 @@ end
 -- The `fields` partial-response selector, top-level names only
 -- ("state,urls", "urls/x" keeps "urls"); errors are never filtered.
 local function select_fields(tbl)
-    local spec = ngx.var.arg_fields
-    if not spec or spec == "" or tbl.error then return tbl end
-    spec = ngx.unescape_uri(spec)
+    local spec = _M.param("fields")
+    if type(spec) ~= "string" or spec == "" or tbl.error then return tbl end
     local out = {}
     for item in spec:gmatch("[^,]+") do
         local top = item:match("^%s*([^/(%s]+)")
@@ -177,10 +219,28 @@ local function select_fields(tbl)
     return out
 end
 
+--- A JSONP callback name safe to write before "(": dotted identifiers.
+function _M.valid_callback(name)
+    return type(name) == "string" and #name <= 256 and str_find(name, "^[%a_$][%w_$.]*$") ~= nil
+        and not str_find(name, "..", 1, true) and str_sub(name, -1) ~= "."
+end
+
+--- An answer of the API host, with the front end's headers.
+function _M.send_api(status, body, ctype, headers)
+    google_headers()
+    return send(status, body, ctype, headers)
+end
+
+--- The API's JSON answer; with `callback` (JSONP) it is wrapped in a call.
 function _M.send_json(status, tbl, headers)
     local p = pretty()
-    google_headers()
-    return send(status, encode(select_fields(tbl), p) .. (p and "\n" or ""), JSON_TYPE, headers)
+    local json = encode(select_fields(tbl), p)
+    local callback = _M.param("callback")
+    if _M.valid_callback(callback) then
+        return _M.send_api(status, "// API callback\n" .. callback .. "(" .. json .. ");\n",
+            "text/javascript; charset=UTF-8", headers)
+    end
+    return _M.send_api(status, json .. (p and "\n" or ""), JSON_TYPE, headers)
 end
 
 --- An ErrorInfo detail; domain defaults to googleapis.com.
@@ -248,7 +308,7 @@ function _M.send_html(code, title, text)
 end
 
 function _M.send_html_404()
-    local path = ngx.var.request_uri:match("^[^?]*")
+    local path = _M.path()
     return _M.send_html(404, "Not Found", "The requested URL <code>"
         .. html_escape(path) .. "</code> was not found on this server.")
 end
@@ -262,6 +322,7 @@ function _M.send_xml_error(status, code, message, extra, headers)
         parts[#parts + 1] = "<" .. e[1] .. ">" .. html_escape(e[2]) .. "</" .. e[1] .. ">"
     end
     parts[#parts + 1] = "</Error>"
+    ngx.header["Server"] = "UploadServer"
     return send(status, concat(parts), XML_TYPE, headers)
 end
 

@@ -5,6 +5,7 @@
 -- read-modify-write with no yield in between is atomic.
 --
 --   127.0.0.1 (HTTP and HTTPS)  /v1/...            api.lua      the API
+--                               POST /batch        batch.lua    batches of /v1 requests
 --                               /token /revoke
 --                               /o/oauth2/v2/auth  oauth.lua    OAuth 2.0
 --                               /emulator/v1/...   admin.lua    admin API
@@ -15,6 +16,7 @@ local R = require("dataportability.emulator.respond")
 local admin = require("dataportability.emulator.admin")
 local api = require("dataportability.emulator.api")
 local archive = require("dataportability.emulator.archive")
+local batch = require("dataportability.emulator.batch")
 local oauth = require("dataportability.emulator.oauth")
 local traffic = require("dataportability.emulator.traffic")
 
@@ -60,25 +62,60 @@ local function rpc_name(uri)
     return R.rpc_method("ResetAuthorization")
 end
 
---- content_by_lua entry point of the API host (127.0.0.1).
+--- content_by_lua entry point of the API host (127.0.0.1), and of each
+-- part of a batch (a subrequest: ngx.ctx.part has its path and headers;
+-- only the /v1 API is reachable from a batch).
 function _M.handle()
     ngx.update_time()
-    local uri, method = ngx.var.uri, ngx.req.get_method()
-    if str_sub(uri, 1, 13) == "/emulator/v1/" then
+    local part = ngx.ctx.part
+    local raw = R.path()
+    local uri, method = part and ngx.unescape_uri(raw) or ngx.var.uri, ngx.req.get_method()
+    if not part and str_sub(uri, 1, 13) == "/emulator/v1/" then
         return admin.handle(method, str_sub(uri, 13), read_body())
     end
     local is_api = uri == "/v1" or str_sub(uri, 1, 4) == "/v1/"
-    local oauth_handler = OAUTH[uri]
-    if not is_api and not oauth_handler then return R.send_html_404() end
+    local oauth_handler = not part and OAUTH[uri]
+    local is_batch = not part and uri == "/batch" and method == "POST"
+    if not is_api and not oauth_handler and not is_batch then return R.send_html_404() end
     local body = read_body()
     traffic.log(body, oauth_handler ~= nil)
     local rule = traffic.take(uri, method)
-    if rule then traffic.apply(rule, is_api and "api" or "oauth", rpc_name(uri)) end
+    if rule then traffic.apply(rule, oauth_handler and "oauth" or "api", rpc_name(uri)) end
     if oauth_handler then return oauth_handler(body) end
-    local raw = ngx.var.request_uri:match("^[^?]*")
+    if is_batch then return batch.handle(body) end
     if api.handle(method, uri, raw, body) == false then
         return R.send_json(404, R.rpc_error(404, "Method not found."))
     end
+end
+
+--- header_filter_by_lua: nginx's own Server header never goes out (the
+-- handlers set Google's where Google sends one).
+function _M.header_filter()
+    if ngx.header["Server"] == nil then ngx.header["Server"] = nil end
+end
+
+-- nginx's own errors (a malformed request, a body too large, a failed
+-- handler), as Google's front end words them; <code> holds the path.
+local ERROR_PAGES = {
+    [400] = { "Bad Request", "Your client has issued a malformed or illegal request." },
+    [404] = { "Not Found", "The requested URL <code>%s</code> was not found on this server." },
+    [405] = { "Method Not Allowed", "The request method is inappropriate for the URL <code>%s</code>." },
+    [408] = { "Request Timeout", "Your client has taken too long to issue its request." },
+    [411] = { "Length Required", "POST requests require a <code>Content-length</code> header." },
+    [413] = { "Request Entity Too Large", "Your client issued a request that was too large." },
+    [414] = { "Request-URI Too Large", "The requested URL is too large to process." },
+    [500] = { "Internal Server Error", "The server encountered an error and could not complete "
+        .. "your request.<p>Please try again in 30 seconds." },
+}
+
+--- content_by_lua of the error_page location: the page for ngx.status.
+function _M.error_page()
+    local code = ngx.status
+    -- headers too large, plain HTTP to the HTTPS port: nginx's own codes, sent as 400
+    if code == 494 or code == 497 then code = 400 end
+    local page = ERROR_PAGES[code] or ERROR_PAGES[400]
+    local path = (ngx.var.request_uri or ""):match("^[^?]*")
+    return R.send_html(code, page[1], page[2]:format(R.html_escape(path)))
 end
 
 --- content_by_lua entry point of the storage host (127.0.0.2).

@@ -35,7 +35,7 @@ end
 -- credential fields are redacted.
 function _M.log(body, form)
     local headers = {}
-    for name, value in pairs(ngx.req.get_headers(200)) do
+    for name, value in pairs(R.headers()) do
         if type(value) == "table" then value = concat(value, ", ") end
         if name == "authorization" then
             local scheme = value:match("^%s*(%a+)%s")
@@ -46,9 +46,9 @@ function _M.log(body, form)
     end
     ngx.update_time()
     local entry = R.encode({
-        method = ngx.req.get_method(), path = ngx.var.request_uri:match("^[^?]*"),
+        method = ngx.req.get_method(), path = R.path(),
         query = redact_fields(ngx.var.args or ""), headers = headers,
-        host = ngx.var.http_host or (ngx.var.server_addr .. ":" .. ngx.var.server_port),
+        host = headers.host or (ngx.var.server_addr .. ":" .. ngx.var.server_port),
         body_length = #body, body = str_sub(form and redact_fields(body) or body, 1, MAX_LOGGED_BODY),
         connection = tonumber(ngx.var.connection),
         connection_requests = tonumber(ngx.var.connection_requests),
