@@ -1,0 +1,64 @@
+---@meta _
+-- luacheck: no unused, no max line length (definitions: empty bodies, one-line annotations)
+-- Error tables: every failed call returns nil and one of these;
+-- `tostring(err)` is one line, never with a secret in it.
+
+---@alias dataportability.ErrorKind
+---| "invalid_token"    # empty, over 4096 bytes or malformed; nothing was sent
+---| "invalid_argument" # a value refused before any I/O (resource group, time, job id)
+---| "api"              # Google's JSON error body (or OAuth's)
+---| "http"             # a non-2xx without Google's error body, or a 2xx that is not a JSON object
+---| "redirect"         # a 3xx, never followed
+---| "timeout"          # `timeout` or `connect_timeout` ran out
+---| "connect"          # the connection was refused or failed
+---| "dns"              # the host name did not resolve
+---| "tls"              # the TLS handshake or the certificate check failed
+---| "network"          # the connection broke
+---| "too_large"        # the response body is over 1 MiB
+---| "closed"           # the client (or the driver) was closed
+---| "job"              # export: the job ended FAILED or CANCELLED
+---| "integrity"        # export: a downloaded file's MD5 differs from the server's
+---| "io"               # export: a local file could not be written
+
+---@class dataportability.Error
+---@field kind dataportability.ErrorKind
+---Human text, one line.
+---@field message string
+---The API method (`"authorization.reset"`, ...), or `export`, `oauth.token`, `oauth.revoke`.
+---@field method string
+---`true` for `timeout`, `connect`, `dns`, `network` and HTTP 408, 429, 500, 502, 503, 504.
+---@field retryable boolean
+---The HTTP status, when the server answered.
+---@field http_status? integer
+---Google's `error.code`.
+---@field code? integer
+---Google's `error.status` (`"UNAUTHENTICATED"`, ...), or OAuth's error code (`"invalid_grant"`).
+---@field status? string
+---Google's `error.details`.
+---@field details? table[]
+---From a `google.rpc.ErrorInfo` detail: `"ACCESS_TOKEN_SCOPE_INSUFFICIENT"`, ...
+---@field reason? string
+---From a `google.rpc.ErrorInfo` detail: `"googleapis.com"`.
+---@field domain? string
+---From a `google.rpc.ErrorInfo` detail.
+---@field metadata? table<string, string>
+---The `Retry-After` header, as sent.
+---@field retry_after? string
+---Kind `http`: at most 200 printable bytes of the body, tags removed.
+---@field excerpt? string
+---How many times the call was made.
+---@field attempts? integer
+---Transport failures: `false` when the request surely never reached the server.
+---@field sent? boolean
+---Transport failures: it went out on a kept-alive connection that closed without answering.
+---@field stale_connection? boolean
+---A reset: a lost attempt probably revoked the token already.
+---@field maybe_applied? boolean
+---`reset_many`: the index of the token in the list.
+---@field index? integer
+---`export`: the job to resume (pass it back as `opts.job_id`).
+---@field job_id? string
+---`export`: the files done so far.
+---@field files? dataportability.ExportFile[]
+---`export`, kind `job`: the state the job ended in.
+---@field state? dataportability.JobStateName
