@@ -206,7 +206,7 @@ static int l_new(lua_State *L)
     memset(c, 0, sizeof *c);
     c->ref = LUA_NOREF;
     c->pid = getpid();
-    c->req.sink = c->dl.sink = -1;
+    c->req.sink = c->dl.sink = NULL;
     luaL_getmetatable(L, DP_CLIENT_MT);
     lua_setmetatable(L, -2);
 

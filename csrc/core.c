@@ -116,6 +116,7 @@ __attribute__((visibility("default"))) int luaopen_dataportability_core(lua_Stat
     dp_crypto_open(L);
     dp_files_open(L);
     dp_multi_open(L);
+    dp_download_open(L);
     lua_pushliteral(L, DP_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);

@@ -1,16 +1,12 @@
-#define _POSIX_C_SOURCE 200809L /* ftruncate */
 /* client:download: archive files streamed to disk, so memory stays flat
  * for any size, resumable with Range, never with an Authorization header.
  * The handle is a copy of the client's, so it shares the CA, proxy,
  * timeouts and user agent, but it sends none of the API's headers. The
  * progress function runs between the engine's steps, never inside
  * libcurl. */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "dp.h"
 #include "endpoint.h"
@@ -71,6 +67,7 @@ static void read_opts(lua_State *L, dp_download_opts *o)
 {
     const char *etag;
     size_t len, i;
+    lua_Number timeout_ms;
 
     luaL_checktype(L, 4, LUA_TTABLE);
     lua_settop(L, 4);
@@ -94,7 +91,10 @@ static void read_opts(lua_State *L, dp_download_opts *o)
     o->if_range = lua_tostring(L, 6);
     o->low_speed_limit = (long)opt_number(L, "low_speed_limit", 1, 1, 1e9);
     o->low_speed_time = (long)opt_number(L, "low_speed_time", 60, 1, 86400);
-    o->timeout_ms = (long)(opt_number(L, "timeout", 0, 0, 1e7) * 1000);
+    timeout_ms = opt_number(L, "timeout", 0, 0, 1e7) * 1000;
+    o->timeout_ms = (long)timeout_ms;
+    if (o->timeout_ms < timeout_ms) /* rounded up: 0 would mean no limit at all */
+        o->timeout_ms++;
 }
 
 static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset,
@@ -180,8 +180,10 @@ static void set_string(lua_State *L, const char *name, const char *s, size_t len
     lua_setfield(L, -2, name);
 }
 
-/* The result table of docs/transport.md; kind NULL when t answered. */
-static int push_result(lua_State *L, const dp_transfer *t, const char *kind, const char *message)
+/* The result table of docs/transport.md; kind NULL when t answered;
+ * digest: the file's MD5 after the call, or NULL. */
+static int push_result(lua_State *L, const dp_transfer *t, const char *kind, const char *message,
+                       const char *digest)
 {
     int ok = t->status / 100 == 2; /* the answer began: a cut one says what it was of */
     curl_off_t total = ok ? expected_total(t) : -1;
@@ -206,6 +208,8 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
         set_string(L, "etag", t->etag, strlen(t->etag));
     if (kind == NULL && !ok && t->body_len > 0)
         set_string(L, "error_body", t->body, t->body_len);
+    if (digest != NULL && digest[0] != '\0')
+        set_string(L, "digest", digest, strlen(digest));
     return 1;
 }
 
@@ -223,53 +227,199 @@ int dp_client_download(lua_State *L)
     dp_download_opts o;
     dp_progress progress = {0, 0};
     const char *problem, *kind, *message = NULL;
-    int https = 0, fd, status;
+    int https = 0, status;
     pid_t pid;
     dp_sent sent;
-    off_t at;
+    dp_part part;
+    char digest[25];
     CURLcode rc;
 
     read_opts(L, &o);
     progress.fn = o.progress;
     dp_transfer_reset(&c->dl);
     if (!dp_client_ready(L, c))
-        return push_result(L, &c->dl, "closed", "client is closed");
+        return push_result(L, &c->dl, "closed", "client is closed", NULL);
     /* The URL comes from the server: a bad one is an answer, not a bug. */
     if ((problem = dp_check_download_url(url, c->loopback, &https)) != NULL) {
         lua_pushfstring(L, "the server listed a download URL that %s", problem);
-        return push_result(L, &c->dl, "http", lua_tostring(L, -1));
+        return push_result(L, &c->dl, "http", lua_tostring(L, -1), NULL);
     }
-    fd = dp_open_private(path, o.resume);
-    if (fd < 0)
-        return push_result(L, &c->dl, "io", errno == ELOOP ? "refused to write through a symbolic link"
-                                            : errno == EEXIST ? "the file exists already, and is not ours"
-                                            : "cannot open the file for writing");
-    at = lseek(fd, 0, SEEK_END);
-    if (at < 0 || (rc = prepare(c, url, https, (curl_off_t)at, &o)) != CURLE_OK) {
-        (void)close(fd);
-        return push_result(L, &c->dl, at < 0 ? "io" : "network",
-                           at < 0 ? "cannot tell the file's size" : curl_easy_strerror(rc));
+    if ((problem = dp_part_open(&part, path, o.resume)) != NULL)
+        return push_result(L, &c->dl, "io", problem, NULL);
+    if ((rc = prepare(c, url, https, (curl_off_t)part.size, &o)) != CURLE_OK) {
+        (void)dp_part_close(&part);
+        return push_result(L, &c->dl, "network", curl_easy_strerror(rc), NULL);
     }
-    c->dl.sink = fd;
-    c->dl.offset = (curl_off_t)at;
+    c->dl.sink = &part;
+    c->dl.offset = (curl_off_t)part.size;
     c->busy = 1;
     pid = c->pid;
     status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
-    c->dl.sink = -1;
+    c->dl.sink = NULL;
     (void)curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-    if (close(fd) != 0)
+    if (!dp_part_digest(&part, digest))
+        digest[0] = '\0';
+    if (!dp_part_close(&part))
         c->dl.sink_failed = 1;
     dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */
     if (status == DP_RAISED)
         return lua_error(L); /* progress's error, as it was */
     if (status == DP_STOPPED)
-        return push_result(L, &c->dl, "closed", "client is closed");
+        return push_result(L, &c->dl, "closed", "client is closed", NULL);
     kind = dp_transfer_result(&c->dl, rc, &message, &sent);
     if (kind == DP_OK && c->dl.sink_failed) { /* close(2) failed */
         kind = "io";
         message = "writing the file failed";
     }
-    push_result(L, &c->dl, kind, message);
+    push_result(L, &c->dl, kind, message, digest);
     dp_transfer_wipe(&c->dl);
     return 1;
+}
+
+/* ---- downloads driven from Lua: the cosocket transport's ---- */
+
+#define DP_PART_MT "dataportability.core.part_file"
+
+static int failed(lua_State *L, const char *message)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, message);
+    return 2;
+}
+
+/* core.part_file(path, resume) -> part | nil, message (part.h) */
+static int l_part_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int resume = lua_toboolean(L, 2);
+    dp_part *p = lua_newuserdata(L, sizeof *p);
+    const char *problem;
+
+    p->fd = -1; /* closed, should setting the metatable fail */
+    p->md5 = NULL;
+    luaL_getmetatable(L, DP_PART_MT);
+    lua_setmetatable(L, -2);
+    problem = dp_part_open(p, path, resume);
+    return problem != NULL ? failed(L, problem) : 1;
+}
+
+static dp_part *check_part(lua_State *L)
+{
+    dp_part *p = luaL_checkudata(L, 1, DP_PART_MT);
+    if (p->fd < 0)
+        luaL_error(L, "attempt to use a closed " DP_PART_MT);
+    return p;
+}
+
+/* part:write(chunk) -> true | nil, message */
+static int l_part_write(lua_State *L)
+{
+    dp_part *p = check_part(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+
+    if (!dp_part_write(p, s, n))
+        return failed(L, "writing the file failed");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* part:truncate() -> true | nil, message */
+static int l_part_truncate(lua_State *L)
+{
+    if (!dp_part_truncate(check_part(L)))
+        return failed(L, "writing the file failed");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* part:size() -> bytes in the file */
+static int l_part_size(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_part(L)->size);
+    return 1;
+}
+
+/* part:digest() -> base64 MD5 of the whole file so far */
+static int l_part_digest(lua_State *L)
+{
+    char digest[25];
+
+    if (!dp_part_digest(check_part(L), digest))
+        return failed(L, "MD5 failed");
+    lua_pushstring(L, digest);
+    return 1;
+}
+
+/* part:close() -> true | nil, message; idempotent, and run by __gc */
+static int l_part_close(lua_State *L)
+{
+    if (!dp_part_close(luaL_checkudata(L, 1, DP_PART_MT)))
+        return failed(L, "writing the file failed");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.download_target(url, loopback_endpoint) -> https, host, port,
+ * path (with its query) | nil, message: where a socket fetches a
+ * download URL, checked as client:download checks it. */
+static int l_download_target(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    int https = 0, pushed = 4;
+    const char *problem = dp_check_download_url(url, lua_toboolean(L, 2), &https);
+    char *host = NULL, *port = NULL, *path = NULL, *query = NULL;
+    CURLU *u;
+
+    if (problem != NULL) {
+        lua_pushfstring(L, "the server listed a download URL that %s", problem);
+        return failed(L, lua_tostring(L, -1));
+    }
+    u = curl_url();
+    if (u == NULL || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        pushed = failed(L, "the server listed a download URL that is not a URL");
+    } else {
+        int has_query = curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK;
+        lua_pushboolean(L, https);
+        lua_pushstring(L, host);
+        lua_pushinteger(L, (lua_Integer)strtol(port, NULL, 10));
+        if (has_query)
+            lua_pushfstring(L, "%s?%s", path, query);
+        else
+            lua_pushstring(L, path);
+    }
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(query);
+    curl_url_cleanup(u);
+    return pushed;
+}
+
+void dp_download_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"write", l_part_write},
+        {"truncate", l_part_truncate},
+        {"size", l_part_size},
+        {"digest", l_part_digest},
+        {"close", l_part_close},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", l_part_close},
+        {"__close", l_part_close},
+        {NULL, NULL}
+    };
+    static const luaL_Reg funcs[] = {
+        {"part_file", l_part_file},
+        {"download_target", l_download_target},
+        {NULL, NULL}
+    };
+
+    dp_new_type(L, DP_PART_MT, meta, methods);
+    dp_setfuncs(L, funcs);
 }

@@ -115,6 +115,8 @@ void dp_client_unbusy(lua_State *L, dp_client *c, pid_t pid);
 /* ---- download.c, batch.c: client methods ---- */
 
 int dp_client_download(lua_State *L);
+/* core.part_file and core.download_target, for downloads driven from Lua */
+void dp_download_open(lua_State *L);
 int dp_client_many(lua_State *L);
 void dp_batch_open(lua_State *L);
 
@@ -129,9 +131,6 @@ void dp_multi_forget(lua_State *L, dp_client *c);
 /* ---- files.c ---- */
 
 void dp_files_open(lua_State *L);
-/* Opens path for appending, never through a symbolic link: an existing
- * file to resume, or else a new one, 0600, that must not exist yet. */
-int dp_open_private(const char *path, int resume);
 
 /* ---- crypto.c ---- */
 

@@ -1,12 +1,10 @@
-#define _POSIX_C_SOURCE 200809L /* strncasecmp, ftruncate */
+#define _POSIX_C_SOURCE 200809L /* strncasecmp */
 /* The transfer engine (transfer.h): libcurl's callbacks record the answer
  * into a dp_transfer, and never call into Lua. */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "transfer.h"
 
@@ -37,36 +35,20 @@ static size_t keep_body(dp_transfer *t, const char *data, size_t n)
     return n;
 }
 
-/* write(2) all of it: a FILE's buffer would be written twice by a process
- * forked in a progress callback. */
-static int write_all(int fd, const char *data, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, data, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return 0;
-        data += k;
-        n -= (size_t)k;
-    }
-    return 1;
-}
-
 /* A download's 2xx body goes to its file; anything else is an answer. */
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     dp_transfer *t = ud;
     size_t n = size * nmemb;
 
-    if (t->sink < 0)
+    if (t->sink == NULL)
         return keep_body(t, data, n);
     if (t->status == 0) {
         if (curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &t->status) != CURLE_OK)
             return 0;
         /* The server ignored the Range: the file starts again. */
         if (t->status == 200 && t->offset > 0) {
-            if (ftruncate(t->sink, 0) != 0) {
+            if (!dp_part_truncate(t->sink)) {
                 t->sink_failed = 1;
                 return 0;
             }
@@ -75,7 +57,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     }
     if (t->status / 100 != 2)
         return keep_body(t, data, n);
-    if (!write_all(t->sink, data, n)) {
+    if (!dp_part_write(t->sink, data, n)) {
         t->sink_failed = 1;
         return 0;
     }
@@ -132,13 +114,13 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
         t->headers_done = 1;
     } else if (line[0] == 'c' || line[0] == 'C') { /* the names kept, cheaply told apart */
         dp_keep_header(line, n, "content-type", t->content_type, sizeof t->content_type);
-        if (t->sink >= 0)
+        if (t->sink != NULL)
             dp_keep_header(line, n, "content-range", t->content_range, sizeof t->content_range);
     } else if (line[0] == 'r' || line[0] == 'R') {
         dp_keep_header(line, n, "retry-after", t->retry_after, sizeof t->retry_after);
-    } else if ((line[0] == 'x' || line[0] == 'X') && t->sink >= 0) {
+    } else if ((line[0] == 'x' || line[0] == 'X') && t->sink != NULL) {
         keep_md5(t, line, n);
-    } else if ((line[0] == 'e' || line[0] == 'E') && t->sink >= 0) {
+    } else if ((line[0] == 'e' || line[0] == 'E') && t->sink != NULL) {
         dp_keep_header(line, n, "etag", t->etag, sizeof t->etag);
     }
     return n;
@@ -189,7 +171,7 @@ CURLcode dp_transfer_bind(dp_transfer *t, void *owner)
     CURLcode rc = curl_easy_setopt(t->curl, CURLOPT_WRITEFUNCTION, on_body);
 
     t->owner = owner;
-    t->sink = -1;
+    t->sink = NULL;
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(t->curl, CURLOPT_WRITEDATA, (void *)t);
     if (rc == CURLE_OK)

@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 
+#include "part.h"
 #include "token.h"
 
 #if LIBCURL_VERSION_NUM < 0x075000
@@ -46,9 +47,9 @@ typedef struct dp_transfer {
     char content_type[DP_CONTENT_TYPE_MAX];
     char retry_after[DP_RETRY_AFTER_MAX];
     char errbuf[CURL_ERROR_SIZE];
-    /* downloads: a 2xx body is appended to the file sink (a descriptor;
-     * -1 for API calls), which held `offset` bytes */
-    int sink;
+    /* downloads: a 2xx body is appended to the part file sink (NULL for
+     * API calls), which held `offset` bytes */
+    dp_part *sink;
     curl_off_t offset, written;
     int sink_failed;
     char md5[64];               /* from x-goog-hash, base64 */

@@ -11,8 +11,7 @@ local transport = require("dataportability.transport")
 local export = require("dataportability.export")
 local json = require("cjson.safe")
 
-local type, pairs, ipairs, tostring, error, setmetatable, rawget = type, pairs, ipairs, tostring, error,
-    setmetatable, rawget
+local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
 local select, next, floor = select, next, math.floor
 local format, find, gsub, byte = string.format, string.find, string.gsub, string.byte
 local date = os.date
@@ -315,11 +314,7 @@ local function new_try(started)
     return { attempts = 1, lost = false, started = started }
 end
 
--- Blocking waits; in nginx they yield to its event loop.
-local function sleep(seconds)
-    local ngx = rawget(_G, "ngx")
-    if type(ngx) == "table" and ngx.sleep then ngx.sleep(seconds) else core.sleep(seconds) end
-end
+local sleep = transport.sleep
 
 for name, m in pairs(API) do
     Client[name] = function(self, token, ...)

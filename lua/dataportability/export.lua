@@ -12,6 +12,7 @@
 local core = require("dataportability.core")
 local errors = require("dataportability.errors")
 local options = require("dataportability.options")
+local transport = require("dataportability.transport")
 local json = require("cjson.safe")
 
 local tostring, error, type = tostring, error, type
@@ -51,7 +52,7 @@ local OPTIONS = options.spec({
 -- A download slower than this for this long ends, and is resumed.
 local LOW_SPEED_LIMIT, LOW_SPEED_TIME = 1024, 60
 
-local sleep, now = core.sleep, os.time
+local sleep, now = transport.sleep, os.time
 local file_size = core.file_size
 
 --- A safe local name for a signed URL's file: its last path segment,
@@ -137,14 +138,12 @@ local function fetch(client, url, jdir, name, progress, bounds)
             if not id then remove(part) end -- nothing says what its bytes are of
         elseif (status == 200 or status == 206) and id then
             if not r.total or r.size == r.total then
-                if id.md5 then -- the whole file, after a resume too
-                    local got, why = core.md5_file(part)
-                    if got ~= id.md5 then
-                        remove(part)
-                        remove(id_path)
-                        return nil, download_error("integrity", format(
-                            "%s: MD5 %s does not match the server's %s", name, tostring(got or why), id.md5))
-                    end
+                -- r.digest: of the whole file, a resumed prefix too
+                if id.md5 and r.digest ~= id.md5 then
+                    remove(part)
+                    remove(id_path)
+                    return nil, download_error("integrity", format(
+                        "%s: MD5 %s does not match the server's %s", name, tostring(r.digest), id.md5))
                 end
                 local ok, why = core.publish(part, final)
                 if not ok then return nil, download_error("io", why) end
@@ -199,10 +198,6 @@ local _M = { file_name = file_name }
 --- client:export(token, resources, opts) -> result | nil, err; called by
 --- client:export only: what it raises blames the caller of that.
 function _M.run(client, token, resources, opts)
-    if client.cosockets then
-        error("export downloads files with the C core, which would block nginx's worker: run it outside"
-            .. " nginx (a script, a job queue), or use the single methods here", 3)
-    end
     options.check(opts, OPTIONS, "export", 3, 3)
     if opts.poll_max_interval and opts.poll_max_interval < (opts.poll_interval or 1) then
         error("export: option 'poll_max_interval' must be >= poll_interval", 3)

@@ -160,6 +160,60 @@ function CASES.timer()
     return done or { ok = false, message = "timer did not finish" }
 end
 
+-- client:export of the token, options from the query string: what it
+-- returns, minus anything that could hold the token.
+local function export(args, opts, tok, on_progress)
+    local c = dp.new(opts)
+    local r, err = c:export(tok, { "myactivity.youtube" }, { dir = args.dir, poll_interval = 1,
+        low_speed_time = tonumber(args.low_speed_time), on_progress = on_progress })
+    c:close()
+    if not r then
+        local out = result(nil, err)
+        out.job_id = err.job_id
+        return out
+    end
+    local files = {}
+    for i, f in ipairs(r.files) do
+        files[i] = { name = f.name, size = f.size, md5 = f.md5, path = f.path }
+    end
+    return { ok = true, job_id = r.job_id, state = r.state, files = files, reset = r.reset }
+end
+
+-- In the content phase, with its progress events.
+function CASES.export()
+    local events = {}
+    local r = export(ngx.req.get_uri_args(), options(), token(), function(e)
+        events[#events + 1] = { type = e.type, state = e.state, file = e.file, done = e.done,
+                                total = e.total }
+    end)
+    r.events = events
+    return r
+end
+
+-- In a timer: answers at once; /t/exported tells how far it got.
+function CASES.exportlater()
+    local args, opts, tok, dict = ngx.req.get_uri_args(), options(), token(), ngx.shared.dp_test
+    dict:set("exported", cjson.encode({ running = true, done = 0 }))
+    local ok, err = ngx.timer.at(0, function()
+        local ran, r = pcall(export, args, opts, tok, function(e)
+            if e.type == "download" then
+                dict:set("exported", cjson.encode({ running = true, done = e.done }))
+            end
+        end)
+        local final = ran and r or { raised = tostring(r) }
+        dict:set("exported", cjson.encode({ running = false, result = final }))
+    end)
+    return { started = ok ~= nil, err = err }
+end
+
+function CASES.exported()
+    return cjson.decode(ngx.shared.dp_test:get("exported") or "null") or { running = false }
+end
+
+function CASES.ping()
+    return { pong = true }
+end
+
 --- content_by_lua entry: /t/<case> or /untrusting/t/<case>
 function _M.run()
     local case = CASES[ngx.var.uri:match("/t/(%w+)$")]

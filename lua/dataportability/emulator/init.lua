@@ -164,7 +164,9 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1, IP:127.0.0.2
+# DNS:127.0.0.2 too: ngx_lua's cosockets check a certificate's names only,
+# even when they connect to an address (the storage host)
+subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1, IP:127.0.0.2, DNS:127.0.0.2
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 ]])
@@ -212,6 +214,9 @@ local function http_block(server)
     lua_shared_dict dp_jobs 16m;
     lua_shared_dict dp_log 64m;
     init_by_lua_block { require("dataportability.emulator.server").init({ https_port = %d }) }
+    # never nginx's Server header, never its own error pages: Google's
+    header_filter_by_lua_block { require("dataportability.emulator.server").header_filter() }
+    error_page 400 404 405 408 411 413 414 494 497 500 /emulator-error;
     ssl_certificate %q;
     ssl_certificate_key %q;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -220,11 +225,23 @@ local function http_block(server)
         listen 127.0.0.1:%d ssl http2;
         server_name localhost;
         location / { content_by_lua_block { require("dataportability.emulator.server").handle() } }
+        location = /emulator-batch-part {
+            internal;
+            content_by_lua_block { require("dataportability.emulator.server").handle() }
+        }
+        location = /emulator-error {
+            internal;
+            content_by_lua_block { require("dataportability.emulator.server").error_page() }
+        }
     }
     server {
         listen 127.0.0.2:%d ssl http2;
         server_name 127.0.0.2;
         location / { content_by_lua_block { require("dataportability.emulator.server").handle_storage() } }
+        location = /emulator-error {
+            internal;
+            content_by_lua_block { require("dataportability.emulator.server").error_page() }
+        }
     }]]):format(d .. "/logs/access.log", server.ports[2], d .. "/conf/server.pem", d .. "/conf/server.key",
         server.ports[1], server.ports[2], server.ports[2])
 end

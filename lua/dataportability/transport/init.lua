@@ -33,6 +33,15 @@ function _M.emulator_host(fname, level)
     return host
 end
 
+--- transport.sleep(seconds): blocks; inside nginx, yields to its event loop.
+function _M.sleep(seconds)
+    if _M.in_nginx() then
+        rawget(_G, "ngx").sleep(seconds)
+    else
+        core.sleep(seconds)
+    end
+end
+
 -- The option names of a transport (core.new's, and `pool`); the others
 -- of a client's options are the client's.
 local function transport_options(opts, endpoint)

@@ -30,6 +30,24 @@ T.__index = T
 
 local _M = {}
 
+-- Where a socket goes: the API endpoint, or a download URL's host.
+local function target(https, host, port, pool)
+    local scheme = https and "https" or "http"
+    local server_name = match(host, "^%[(.*)%]$") or host
+    return {
+        https = https, port = port, server_name = server_name,
+        -- cosockets resolve names only through `resolver`; libcurl knows localhost itself
+        addr = lower(host) == "localhost" and "127.0.0.1" or host,
+        host_header = port == DEFAULT_PORT[scheme] and host or host .. ":" .. port,
+        -- A pooled connection skips the handshake, so its pool is named
+        -- after all that decided its trust: what we know, and the user's
+        -- `pool` for what nginx.conf decides (lua_ssl_trusted_certificate
+        -- differs per location).
+        pool = format("dataportability %s://%s:%d %s%s", scheme, host, port,
+            https and "sni=" .. server_name .. " verify=on" or "tls=off", pool and " pool=" .. pool or ""),
+    }
+end
+
 --- T.new(o): o as for core.new, plus `pool`. Bad options raise.
 function _M.new(o)
     if type(ngx) ~= "table" or not ngx.socket then
@@ -48,21 +66,9 @@ function _M.new(o)
     if pool ~= nil and (type(pool) ~= "string" or #pool < 1 or #pool > 128 or find(pool, "[^\32-\126]")) then
         error("option 'pool' must be a string of 1 to 128 printable ASCII bytes", 0)
     end
-    local self = {}
+    local self = target(opts.scheme == "https", opts.host, opts.port, pool)
     self.id = match(tostring(self), "0x%x+") or tostring(self) -- before __tostring hides it
-    local host = opts.host
-    self.https = opts.scheme == "https"
-    -- cosockets resolve names only through `resolver`; libcurl knows localhost itself
-    self.addr = lower(host) == "localhost" and "127.0.0.1" or host
-    self.server_name = match(host, "^%[(.*)%]$") or host
-    self.port = opts.port
-    self.host_header = opts.port == DEFAULT_PORT[opts.scheme] and host or host .. ":" .. opts.port
-    -- A pooled connection skips the handshake, so its pool is named after
-    -- all that decided its trust: what we know, and `pool` for what
-    -- nginx.conf decides (lua_ssl_trusted_certificate differs per location).
-    self.pool = format("dataportability %s %s%s", opts.base,
-        self.https and "sni=" .. self.server_name .. " verify=on" or "tls=off",
-        pool and " pool=" .. pool or "")
+    self.user_pool, self.loopback = pool, opts.loopback
     self.timeout_ms, self.connect_timeout_ms = opts.timeout_ms, opts.connect_timeout_ms
     self.user_agent, self.quota_project = o.user_agent, o.quota_project
     return setmetatable(self, T)
@@ -76,10 +82,14 @@ function T:__tostring()
     return T.__name .. ": " .. self.id .. (self.closed and " (closed)" or "")
 end
 
+-- ngx_lua refuses a timeout over 2^31 - 1 ms (24.8 days); a longer wait
+-- is armed again when this one ends.
+local TIMEOUT_MAX_MS = 2147483647
+
 -- Sets the socket's timeouts to what is left of the call; false when none is.
 local function arm(self, sock, deadline)
     ngx.update_time()
-    local left = floor((deadline - ngx.now()) * 1000)
+    local left = min(floor((deadline - ngx.now()) * 1000), TIMEOUT_MAX_MS)
     if left <= 0 then return false end
     sock:settimeouts(min(self.connect_timeout_ms, left), left, left)
     return true
@@ -93,27 +103,28 @@ local function connect_kind(err)
     return "connect"
 end
 
--- A connected (and for https verified) socket, or nil, kind, message.
-local function open(self, deadline)
+-- A connected (and for https verified) socket to `to` (the API endpoint,
+-- self, or a download's host), or nil, kind, message.
+local function open(self, deadline, to)
     local sock = ngx.socket.tcp()
     if not arm(self, sock, deadline) then return nil, "timeout", "connect timed out" end
-    local ok, err = sock:connect(self.addr, self.port, { pool = self.pool })
+    local ok, err = sock:connect(to.addr, to.port, { pool = to.pool })
     if not ok then
-        return nil, connect_kind(err), format("cannot connect to %s: %s", self.host_header, err)
+        return nil, connect_kind(err), format("cannot connect to %s: %s", to.host_header, err)
     end
-    if self.https and sock:getreusedtimes() == 0 then
+    if to.https and sock:getreusedtimes() == 0 then
         -- Never pass `false` as the session: lua-resty-core 0.1.25 then
         -- returns true for a handshake that completes at once even when
         -- verification failed. With a session argument that case raises
         -- "assertion failed!" instead (lua-resty-core #499): a tls error.
-        local ran, session, why = pcall(sock.sslhandshake, sock, self.session, self.server_name, true)
+        local ran, session, why = pcall(sock.sslhandshake, sock, to.session, to.server_name, true)
         if not ran then session, why = nil, "certificate verification failed" end
         if not session then
             sock:close()
             return nil, why == "timeout" and "timeout" or "tls",
-                format("TLS handshake with %s failed: %s", self.host_header, tostring(why))
+                format("TLS handshake with %s failed: %s", to.host_header, tostring(why))
         end
-        self.session = session -- resumes TLS on the next new connection
+        to.session = session -- resumes TLS on the next new connection
     end
     return sock
 end
@@ -213,7 +224,7 @@ end
 -- that took the request and closed without a byte back is "stale": the
 -- server most likely dropped it idle, but it may have read the request.
 local function exchange(self, req, deadline)
-    local sock, kind, message = open(self, deadline)
+    local sock, kind, message = open(self, deadline, self)
     if not sock then return none(kind, message, "no") end
     local reused = sock:getreusedtimes() > 0
     local function fail(k, m, sent)
@@ -295,6 +306,213 @@ function T:request(method, path, token, body, body_type)
 
     ngx.update_time()
     return exchange(self, req, ngx.now() + self.timeout_ms / 1000)
+end
+
+-- Downloads (docs/transport.md): the body streamed into a part file.
+
+local CHUNK = 65536
+local PROGRESS_STEP = 1048576
+
+-- x-goog-hash: crc32c=...,md5=... -> the md5 value.
+local function goog_md5(v)
+    return v and match(v, "md5=([%w+/=]+)")
+end
+
+-- The whole object's size: Content-Range's total, else offset + Content-Length.
+local function expected_total(h, offset, length)
+    local total = h["content-range"] and match(h["content-range"], "/%s*(%d+)%s*$")
+    if total then return tonumber(total) end
+    return length and offset + length or nil
+end
+
+-- Reads a 2xx body into part, CHUNK bytes at most at a time. An average
+-- below low_speed_limit bytes/s over low_speed_time seconds ends it, as
+-- libcurl's CURLOPT_LOW_SPEED_* do. Returns true, or nil, kind, message.
+local function stream_body(self, sock, deadline, length, chunked, part, o, report)
+    local window_start, window_bytes = ngx.now(), 0
+    local slow_ms = o.low_speed_time * 1000
+    local function take(max)
+        if not arm(self, sock, deadline) then return nil, read_error("timeout") end
+        local left = min(floor((deadline - ngx.now()) * 1000), TIMEOUT_MAX_MS)
+        sock:settimeouts(left, left, min(slow_ms, left)) -- a silent server is a slow one
+        local data, err = sock:receiveany(max)
+        if not data then
+            if err == "timeout" and ngx.now() < deadline then
+                return nil, "timeout", format("fewer than %d bytes a second for %d seconds",
+                    o.low_speed_limit, o.low_speed_time)
+            end
+            return nil, read_error(err)
+        end
+        local ok, why = part:write(data)
+        if not ok then return nil, "io", why end
+        ngx.update_time()
+        window_bytes = window_bytes + #data
+        if ngx.now() - window_start >= o.low_speed_time then
+            if window_bytes < o.low_speed_limit * o.low_speed_time then
+                return nil, "timeout", format("fewer than %d bytes a second for %d seconds",
+                    o.low_speed_limit, o.low_speed_time)
+            end
+            window_start, window_bytes = ngx.now(), 0
+        end
+        return report()
+    end
+    if chunked then
+        while true do
+            local line, err = recv(self, sock, deadline, "*l")
+            local size = line and tonumber(match(line, "^%s*(%x+)"), 16)
+            if not size then return nil, read_error(err or "malformed chunk size") end
+            if size == 0 then break end
+            while size > 0 do
+                local before = part:size()
+                local ok, kind, message = take(min(size, CHUNK))
+                if not ok then return nil, kind, message end
+                size = size - (part:size() - before)
+            end
+            line, err = recv(self, sock, deadline, "*l")
+            if line ~= "" then return nil, read_error(err or "malformed chunk end") end
+        end
+        repeat
+            local line, err = recv(self, sock, deadline, "*l")
+            if not line then return nil, read_error(err) end
+        until line == ""
+        return true
+    end
+    local left = length
+    while left == nil or left > 0 do
+        local before = part:size()
+        local ok, kind, message = take(left and min(left, CHUNK) or CHUNK)
+        if not ok then
+            if not left and kind == "network" and find(message, "closed", 1, true) then return true end
+            return nil, kind, message
+        end
+        if left then left = left - (part:size() - before) end
+    end
+    return true
+end
+
+-- One GET of a download into part, filling r (docs/transport.md).
+local function fetch(self, to, path, part, o, deadline, r)
+    local offset = part:size()
+    local lines = { "GET " .. path .. " HTTP/1.1", "Host: " .. to.host_header }
+    if self.user_agent then lines[#lines + 1] = "User-Agent: " .. self.user_agent end
+    if offset > 0 then
+        lines[#lines + 1] = "Range: bytes=" .. offset .. "-"
+        if o.if_range then lines[#lines + 1] = "If-Range: " .. o.if_range end
+    end
+    lines[#lines + 1] = "\r\n"
+    local sock, kind, message = open(self, deadline, to)
+    if not sock then return kind, message end
+    if not arm(self, sock, deadline) then
+        sock:close()
+        return "timeout", "timed out before sending"
+    end
+    local ok, err = sock:send(concat(lines, "\r\n"))
+    local status, minor, h
+    if ok then -- no byte for low_speed_time is too slow, as for libcurl
+        ngx.update_time()
+        status, minor, h = read_head(self, sock, min(deadline, ngx.now() + o.low_speed_time))
+        if not status and minor == "timeout" and ngx.now() < deadline then
+            h = format("no answer for %d seconds", o.low_speed_time)
+        end
+    else
+        minor, h = read_error(err)
+    end
+    if not status then -- minor, h: the kind and message
+        sock:close()
+        return minor, h
+    end
+    local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
+    local length = h["content-length"] and tonumber(match(h["content-length"], "^%s*(%d+)%s*$"))
+    if h["content-length"] and not length and not chunked then
+        sock:close()
+        return "network", "malformed Content-Length"
+    end
+    if chunked then length = nil end
+    if status == 200 and offset > 0 then -- the server ignored the Range: the file starts again
+        ok, err = part:truncate()
+        if not ok then
+            sock:close()
+            return "io", err
+        end
+        r.offset = 0
+    end
+    r.answered = status -- until the body is whole
+    if status >= 200 and status < 300 then
+        r.total = expected_total(h, r.offset or offset, length)
+        r.etag = h["etag"] and header_value(h["etag"], 127)
+        if status == 200 then r.md5 = goog_md5(h["x-goog-hash"]) end
+        local reported = part:size()
+        local function report()
+            if o.progress and part:size() - reported >= PROGRESS_STEP then
+                reported = part:size()
+                local ran, raised = pcall(o.progress, reported, r.total)
+                if not ran then
+                    r.raised = { raised }
+                    return nil, "raised"
+                end
+            end
+            if self.closed then return nil, "closed", "client is closed" end
+            return true
+        end
+        ok, kind, message = stream_body(self, sock, deadline, length, chunked, part, o, report)
+        if not ok then
+            sock:close()
+            return kind, message
+        end
+    elseif status ~= 204 and status ~= 304 then
+        local body
+        body, kind, message = read_body(self, sock, deadline, length, chunked)
+        if not body then
+            sock:close()
+            return kind, message
+        end
+        r.error_body = body ~= "" and body or nil
+    end
+    if minor == "1" and (chunked or length) and not find(lower(h["connection"] or ""), "close", 1, true) then
+        if not sock:setkeepalive() then sock:close() end
+    else
+        sock:close()
+    end
+    r.status, r.answered = status, nil
+end
+
+--- t:download(url, path, opts) -> result (docs/transport.md), as the C
+--- core's: the same options, checks and result fields, on a cosocket;
+--- opts.progress(done, total) runs between reads, at most once per MiB.
+function T:download(url, path, o)
+    local r = { written = 0, size = 0 }
+    if self.closed then
+        r.kind, r.message = "closed", "client is closed"
+        return r
+    end
+    local https, host, port, target_path = core.download_target(url, self.loopback)
+    local part, why
+    if https == nil then
+        r.kind, r.message = "http", host
+        return r
+    end
+    part, why = core.part_file(path, o.resume)
+    if not part then
+        r.kind, r.message = "io", why
+        return r
+    end
+    local offset = part:size()
+    ngx.update_time()
+    local deadline = ngx.now() + ((o.timeout or 0) > 0 and o.timeout or 30 * 86400)
+    local kind, message = fetch(self, target(https, host, port, self.user_pool), target_path, part, {
+        progress = o.progress, if_range = o.if_range,
+        low_speed_limit = o.low_speed_limit or 1, low_speed_time = o.low_speed_time or 60,
+    }, deadline, r)
+    r.size = part:size()
+    r.written = r.size - (r.offset or offset)
+    r.digest = part:digest()
+    r.offset = nil
+    if not part:close() and not kind then
+        kind, message, r.answered, r.status = "io", "writing the file failed", r.status, nil
+    end
+    if r.raised then error(r.raised[1], 0) end -- progress's error, as it was
+    if kind then r.kind, r.message = kind, message end
+    return r
 end
 
 --- t:many(method, path, tokens, concurrency, on_done): as the C core's
