@@ -1,5 +1,6 @@
 --- Google's OAuth 2.0 endpoints, emulated (inside nginx): the consent step
--- (GET /o/oauth2/v2/auth, automated: it redirects at once), the token
+-- (GET /o/oauth2/v2/auth: a consent page for a browser, an immediate
+-- redirect for a program; the page's buttons POST back here), the token
 -- endpoint (POST /token: authorization_code with PKCE, refresh_token) and
 -- POST /revoke. Clients are registered through the admin API.
 -- luacheck: globals ngx
@@ -165,10 +166,50 @@ local function consent_error(code, name, text)
     return R.send_html(code, "Error " .. code .. ": " .. name, R.html_escape(text))
 end
 
---- GET /o/oauth2/v2/auth: the user consents at once (or refuses, if the
--- client is registered with consent = "deny") and the browser is sent back.
-function _M.authorize()
-    local args = ngx.req.get_uri_args(100)
+-- The request parameters a consent page sends back with the user's decision.
+local CONSENT_FIELDS = { "response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
+                         "code_challenge_method", "access_type", "login_hint" }
+
+-- Google's consent screen, in spirit: who asks, for which data, Allow or
+-- Cancel. Both buttons POST the request back with `decision`.
+local function consent_page(args, client_id, user, scopes)
+    local e = R.html_escape
+    local items, hidden = {}, {}
+    for i, s in ipairs(scopes) do
+        items[i] = ("    <li><b>%s</b><br><small>%s</small></li>"):format(e(s:sub(#S.SCOPE_PREFIX + 1)), e(s))
+    end
+    for _, name in ipairs(CONSENT_FIELDS) do
+        local v = one(args[name])
+        if v then hidden[#hidden + 1] = ('  <input type=hidden name="%s" value="%s">'):format(name, e(v)) end
+    end
+    local page = concat({
+        "<!DOCTYPE html>", "<html lang=en>", "<meta charset=utf-8>",
+        "<title>Sign in - Google Accounts (emulator)</title>",
+        "<style>body{font-family:sans-serif;max-width:34em;margin:3em auto}"
+            .. "button{font-size:1em;padding:.5em 1.5em;margin-right:1em}</style>",
+        "<p><small>Data Portability API emulator: nobody signs in here.</small>",
+        ("<h1><span id=client>%s</span> wants to copy some of your Google data</h1>"):format(e(client_id)),
+        ("<p>Signed in as <span id=user>%s</span>"):format(e(user)),
+        ("<p>If you allow it, %s can export a copy of:"):format(e(client_id)),
+        "<ul id=scopes>", concat(items, "\n"), "</ul>",
+        "<p>Only allow this if you trust the app. Your data stays in your account; the app gets a copy.",
+        '<form method=post action="/o/oauth2/v2/auth">', concat(hidden, "\n"),
+        "  <button id=submit_deny_access name=decision value=cancel>Cancel</button>",
+        "  <button id=submit_approve_access name=decision value=allow>Allow</button>",
+        "</form>", "",
+    }, "\n")
+    ngx.header["Cache-Control"] = "no-cache, no-store, max-age=0, must-revalidate"
+    return R.send(200, page, R.HTML_TYPE, { ["X-Frame-Options"] = "DENY" })
+end
+
+--- GET /o/oauth2/v2/auth: a browser navigating here (Sec-Fetch-Mode:
+-- navigate) gets the consent page, unless the client was registered with
+-- consent = "grant" or "deny"; a program (curl, libcurl, a test) is
+-- answered at once, as if the user allowed (or, with "deny", refused).
+-- POST: the page's decision, "allow" or "cancel", with the request's fields.
+function _M.authorize(body)
+    local posted = ngx.req.get_method() == "POST"
+    local args = posted and ngx.decode_args(body, 100) or ngx.req.get_uri_args(100)
     local client_id, redirect_uri = one(args.client_id), one(args.redirect_uri)
     local client = client_id and S.client(client_id)
     if not client then return consent_error(401, "invalid_client", "The OAuth client was not found.") end
@@ -206,11 +247,19 @@ function _M.authorize()
     if challenge and method ~= "S256" and method ~= "plain" then
         return fail("invalid_request", "Invalid code_challenge_method: " .. method)
     end
-    if client.consent == "deny" then return fail("access_denied", nil) end
+    local user = one(args.login_hint) or client.user or _M.DEFAULT_USER
+    local decision = posted and one(args.decision)
+    if posted and decision ~= "allow" and decision ~= "cancel" then
+        return consent_error(400, "invalid_request", "decision must be allow or cancel")
+    end
+    if client.consent == "deny" or decision == "cancel" then return fail("access_denied", nil) end
+    if not posted and not client.consent and ngx.var.http_sec_fetch_mode == "navigate" then
+        return consent_page(args, client_id, user, scopes)
+    end
     local code = "4/emu-" .. crypto.random_hex(24)
     S.put_code(code, {
         client_id = client_id, redirect_uri = redirect_uri, scopes = scopes, project = client_id,
-        user = one(args.login_hint) or client.user or _M.DEFAULT_USER, access_type = client.access_type,
+        user = user, access_type = client.access_type,
         expires_in = client.expires_in, grant = S.new_grant(), challenge = challenge, method = method,
         offline = one(args.access_type) == "offline",
     }, CODE_SECONDS)
