@@ -6,7 +6,8 @@
 #   make test     install what is missing, build the matrix, run every suite
 #   make demo     install what is missing, build, run examples/reset.lua
 #                 against a fresh emulator
-#   make install  copy the modules under PREFIX (DESTDIR honoured)
+#   make install  copy the modules, the core and both commands under PREFIX
+#                 (DESTDIR honoured; LUA_VERSION=5.1 for LuaJIT)
 #   make asan     the core for Lua 5.4 under ASan+UBSan, and a Lua 5.4 host
 #                 linked with them (build/asan); docs/hardening.md
 #   make fuzz     the libFuzzer targets in fuzz/ (clang; build/fuzz)
@@ -33,8 +34,8 @@ LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_MODULE_DIR  ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
 SOURCES = csrc/core.c csrc/client.c csrc/batch.c csrc/crypto.c csrc/download.c csrc/endpoint.c csrc/files.c \
-          csrc/multi.c csrc/share.c csrc/token.c csrc/transfer.c
-HEADERS = csrc/compat.h csrc/dp.h csrc/endpoint.h csrc/token.h csrc/transfer.h
+          csrc/multi.c csrc/part.c csrc/share.c csrc/token.c csrc/transfer.c
+HEADERS = csrc/compat.h csrc/dp.h csrc/endpoint.h csrc/part.h csrc/token.h csrc/transfer.h
 
 all: build/lua5.4/dataportability/core.so
 luajit: build/luajit/dataportability/core.so
@@ -76,17 +77,25 @@ test: deps matrix spec-helpers
 demo: deps all
 	@scripts/demo
 
+# The consent-to-reset service of examples/openresty/ against a fresh
+# emulator: open the URL it prints; Ctrl-C stops both (PORT=8080 default).
+example-openresty: deps luajit
+	@examples/openresty/run
+
 # Not part of make test: it takes minutes and wants an otherwise idle machine.
 bench: deps matrix
 	@if [ -x bench/google/install ]; then bench/google/install || \
 		echo "bench: bench/google/install failed: Google's clients will be 'not run'" >&2; fi
 	@bench/run
 
-install: all
+# Both rocks' worth: the modules, the emulator's, the core for LUA_VERSION
+# and both commands.
+install: build/lua$(LUA_VERSION)/dataportability/core.so
 	install -d $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability
 	install -m 0755 build/lua$(LUA_VERSION)/dataportability/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/dataportability/
 	cd lua && find . -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(LUA_MODULE_DIR)/{} \;
-	install -D -m 0755 bin/dataportability-emulator $(DESTDIR)$(PREFIX)/bin/dataportability-emulator
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/dataportability bin/dataportability-emulator $(DESTDIR)$(PREFIX)/bin/
 
 # ---- hardening (docs/hardening.md) ----
 # The sanitized core runs in build/asan/lua5.4 (fuzz/asan_lua.c), not in
@@ -118,10 +127,10 @@ build/fuzz/token_fuzz: fuzz/token_fuzz.c csrc/token.c csrc/token.h
 	@$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) -Icsrc -o $@ fuzz/token_fuzz.c csrc/token.c
 
 # dp_keep_header lives in the Lua-free transfer engine.
-build/fuzz/header_fuzz: fuzz/header_fuzz.c csrc/transfer.c csrc/transfer.h csrc/token.c csrc/token.h
+build/fuzz/header_fuzz: fuzz/header_fuzz.c csrc/transfer.c csrc/transfer.h csrc/part.c csrc/part.h csrc/token.c csrc/token.h
 	@mkdir -p $(@D) && echo "clang $@"
 	@$(FUZZ_CC) $(WARNINGS) $(FUZZ_FLAGS) -Icsrc $(CURL_CFLAGS) -o $@ \
-		fuzz/header_fuzz.c csrc/transfer.c csrc/token.c $(CURL_LIBS)
+		fuzz/header_fuzz.c csrc/transfer.c csrc/part.c csrc/token.c $(CURL_LIBS) -lcrypto
 
 # lua/ and fuzz/response_fuzz.lua are read at run time, from this tree; the
 # core is linked in for the Lua layer to load.
@@ -134,4 +143,4 @@ build/fuzz/response_fuzz: fuzz/response_fuzz.c $(SOURCES) $(HEADERS)
 clean:
 	rm -rf build
 
-.PHONY: all luajit matrix deps test demo bench install clean asan fuzz spec-helpers
+.PHONY: all luajit matrix deps test demo example-openresty bench install clean asan fuzz spec-helpers
