@@ -129,6 +129,7 @@ static void release(lua_State *L, dp_client *c)
         dp_multi_forget(L, c);
     else if (c->multi != NULL)
         dp_multi_cancel(L, c);
+    dp_download_close(c); /* a download stopped by a raise, or running in a multi */
     drop_handles(c);
     dp_transfer_free(&c->req); /* the buffers; the handles are gone */
     dp_transfer_free(&c->dl);
@@ -207,6 +208,7 @@ static int l_new(lua_State *L)
     c->ref = LUA_NOREF;
     c->pid = getpid();
     c->req.sink = c->dl.sink = NULL;
+    c->part.fd = -1;
     luaL_getmetatable(L, DP_CLIENT_MT);
     lua_setmetatable(L, -2);
 

@@ -37,19 +37,18 @@ static CURLcode make_handle(dp_client *c)
 
 /* What one download call asks for (docs/transport.md). */
 typedef struct {
-    int progress;          /* stack index of the progress function, or 0 */
     int resume;            /* append to the existing file */
-    const char *if_range;  /* "If-Range: <etag>" or NULL */
     long low_speed_limit;  /* bytes/s ... */
     long low_speed_time;   /* ... for this many seconds ends the transfer */
     long timeout_ms;       /* 0: none */
 } dp_download_opts;
 
-static lua_Number opt_number(lua_State *L, const char *name, lua_Number dflt, lua_Number min, lua_Number max)
+static lua_Number opt_number(lua_State *L, int idx, const char *name, lua_Number dflt, lua_Number min,
+                             lua_Number max)
 {
     lua_Number v = dflt;
 
-    lua_getfield(L, 4, name);
+    lua_getfield(L, idx, name);
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TNUMBER)
             luaL_error(L, "download option '%s' must be a number", name);
@@ -61,40 +60,43 @@ static lua_Number opt_number(lua_State *L, const char *name, lua_Number dflt, lu
     return v;
 }
 
-/* Reads the options table at index 4; leaves progress at index 5 and the
- * If-Range header at index 6. Bad options raise. */
-static void read_opts(lua_State *L, dp_download_opts *o)
+/* Reads the options table at idx into o, and its if_range into c's
+ * If-Range header (a copy: an asynchronous download outlives the call).
+ * Bad options raise. */
+static void read_opts(lua_State *L, int idx, dp_client *c, dp_download_opts *o)
 {
     const char *etag;
     size_t len, i;
     lua_Number timeout_ms;
 
-    luaL_checktype(L, 4, LUA_TTABLE);
-    lua_settop(L, 4);
-    lua_getfield(L, 4, "progress");
-    if (!lua_isnil(L, 5))
-        luaL_checktype(L, 5, LUA_TFUNCTION);
-    o->progress = lua_isnil(L, 5) ? 0 : 5;
-    lua_getfield(L, 4, "resume");
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_getfield(L, idx, "progress");
+    if (!lua_isnil(L, -1))
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "resume");
     o->resume = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_getfield(L, 4, "if_range");
+    o->low_speed_limit = (long)opt_number(L, idx, "low_speed_limit", 1, 1, 1e9);
+    o->low_speed_time = (long)opt_number(L, idx, "low_speed_time", 60, 1, 86400);
+    timeout_ms = opt_number(L, idx, "timeout", 0, 0, 1e7) * 1000;
+    o->timeout_ms = (long)timeout_ms;
+    if (o->timeout_ms < timeout_ms) /* rounded up: 0 would mean no limit at all */
+        o->timeout_ms++;
+    lua_getfield(L, idx, "if_range");
     etag = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &len);
     for (i = 0; etag != NULL && i < len; i++)
         if ((unsigned char)etag[i] < 0x20 || (unsigned char)etag[i] > 0x7e)
             luaL_error(L, "download option 'if_range' must be printable ASCII");
+    free(c->if_range);
+    c->if_range = NULL;
+    if (etag != NULL) {
+        if ((c->if_range = malloc(len + sizeof "If-Range: ")) == NULL)
+            luaL_error(L, "out of memory");
+        memcpy(c->if_range, "If-Range: ", sizeof "If-Range: " - 1);
+        memcpy(c->if_range + sizeof "If-Range: " - 1, etag, len + 1);
+    }
     lua_pop(L, 1);
-    if (etag != NULL)
-        lua_pushfstring(L, "If-Range: %s", etag);
-    else
-        lua_pushnil(L);
-    o->if_range = lua_tostring(L, 6);
-    o->low_speed_limit = (long)opt_number(L, "low_speed_limit", 1, 1, 1e9);
-    o->low_speed_time = (long)opt_number(L, "low_speed_time", 60, 1, 86400);
-    timeout_ms = opt_number(L, "timeout", 0, 0, 1e7) * 1000;
-    o->timeout_ms = (long)timeout_ms;
-    if (o->timeout_ms < timeout_ms) /* rounded up: 0 would mean no limit at all */
-        o->timeout_ms++;
 }
 
 static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset,
@@ -110,11 +112,11 @@ static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t off
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_LOW_SPEED_TIME, o->low_speed_time);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_TIMEOUT_MS, o->timeout_ms);
-    c->dl.type_node.data = (char *)o->if_range; /* held on the Lua stack during the call */
+    c->dl.type_node.data = c->if_range;
     c->dl.type_node.next = NULL;
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER,
-                              offset > 0 && o->if_range != NULL ? &c->dl.type_node : NULL);
+                              offset > 0 && c->if_range != NULL ? &c->dl.type_node : NULL);
 #if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85.0 */
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_PROTOCOLS_STR, https ? "https" : "http");
@@ -213,6 +215,78 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
     return 1;
 }
 
+int dp_download_begin(lua_State *L, dp_client *c, int arg)
+{
+    const char *url = luaL_checkstring(L, arg);
+    const char *path = luaL_checkstring(L, arg + 1);
+    const char *problem;
+    dp_download_opts o;
+    int https = 0;
+    CURLcode rc;
+
+    read_opts(L, arg + 2, c, &o);
+    dp_transfer_reset(&c->dl);
+    if (!dp_client_ready(L, c)) {
+        dp_download_close(c);
+        return push_result(L, &c->dl, "closed", "client is closed", NULL);
+    }
+    /* The URL comes from the server: a bad one is an answer, not a bug. */
+    if ((problem = dp_check_download_url(url, c->loopback, &https)) != NULL) {
+        dp_download_close(c);
+        lua_pushfstring(L, "the server listed a download URL that %s", problem);
+        return push_result(L, &c->dl, "http", lua_tostring(L, -1), NULL);
+    }
+    if ((problem = dp_part_open(&c->part, path, o.resume)) != NULL) {
+        dp_download_close(c);
+        return push_result(L, &c->dl, "io", problem, NULL);
+    }
+    rc = prepare(c, url, https, (curl_off_t)c->part.size, &o);
+    c->dl.sink = &c->part; /* after prepare: binding a new handle clears it */
+    c->dl.offset = (curl_off_t)c->part.size;
+    if (rc != CURLE_OK) {
+        dp_download_close(c);
+        return push_result(L, &c->dl, "network", curl_easy_strerror(rc), NULL);
+    }
+    return 0;
+}
+
+void dp_download_close(dp_client *c)
+{
+    int had_part = c->dl.sink != NULL;
+
+    c->dl.sink = NULL;
+    if (had_part && !dp_part_close(&c->part))
+        c->dl.sink_failed = 1;
+    /* plain pointer options: libcurl cannot refuse them; a forked child
+     * leaves the parent's handle alone */
+    if (c->dl.curl != NULL && !dp_forked(c->pid)) {
+        (void)curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+        (void)curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
+        (void)curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, dp_share_handle(c->share)); /* a multi's took it */
+    }
+    free(c->if_range);
+    c->if_range = NULL;
+}
+
+int dp_download_end(lua_State *L, dp_client *c, CURLcode rc)
+{
+    const char *kind, *message = NULL;
+    char digest[25] = "";
+    dp_sent sent;
+
+    if (c->dl.sink != NULL && !dp_part_digest(&c->part, digest))
+        digest[0] = '\0';
+    dp_download_close(c);
+    kind = dp_transfer_result(&c->dl, rc, &message, &sent);
+    if (kind == DP_OK && c->dl.sink_failed) { /* close(2) failed */
+        kind = "io";
+        message = "writing the file failed";
+    }
+    push_result(L, &c->dl, kind, message, digest);
+    dp_transfer_wipe(&c->dl);
+    return 1;
+}
+
 /* client:download(url, path, opts) -> result (docs/transport.md)
  *   opts: progress(done, total) every MiB; resume: append to the file at
  *   path from its size with a Range request (else a new file, 0600, that
@@ -222,58 +296,36 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
 int dp_client_download(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
-    const char *url = luaL_checkstring(L, 2);
-    const char *path = luaL_checkstring(L, 3);
-    dp_download_opts o;
     dp_progress progress = {0, 0};
-    const char *problem, *kind, *message = NULL;
-    int https = 0, status;
+    int status;
     pid_t pid;
-    dp_sent sent;
-    dp_part part;
-    char digest[25];
     CURLcode rc;
 
-    read_opts(L, &o);
-    progress.fn = o.progress;
-    dp_transfer_reset(&c->dl);
-    if (!dp_client_ready(L, c))
-        return push_result(L, &c->dl, "closed", "client is closed", NULL);
-    /* The URL comes from the server: a bad one is an answer, not a bug. */
-    if ((problem = dp_check_download_url(url, c->loopback, &https)) != NULL) {
-        lua_pushfstring(L, "the server listed a download URL that %s", problem);
-        return push_result(L, &c->dl, "http", lua_tostring(L, -1), NULL);
-    }
-    if ((problem = dp_part_open(&part, path, o.resume)) != NULL)
-        return push_result(L, &c->dl, "io", problem, NULL);
-    if ((rc = prepare(c, url, https, (curl_off_t)part.size, &o)) != CURLE_OK) {
-        (void)dp_part_close(&part);
-        return push_result(L, &c->dl, "network", curl_easy_strerror(rc), NULL);
-    }
-    c->dl.sink = &part;
-    c->dl.offset = (curl_off_t)part.size;
+    lua_settop(L, 4);
+    if (dp_download_begin(L, c, 2))
+        return 1;
+    lua_getfield(L, 4, "progress");
+    progress.fn = lua_isnil(L, -1) ? 0 : lua_gettop(L);
     c->busy = 1;
     pid = c->pid;
     status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
-    c->dl.sink = NULL;
-    (void)curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-    if (!dp_part_digest(&part, digest))
-        digest[0] = '\0';
-    if (!dp_part_close(&part))
-        c->dl.sink_failed = 1;
+    if (status != DP_GO_ON)
+        dp_download_close(c);
     dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */
     if (status == DP_RAISED)
         return lua_error(L); /* progress's error, as it was */
     if (status == DP_STOPPED)
         return push_result(L, &c->dl, "closed", "client is closed", NULL);
-    kind = dp_transfer_result(&c->dl, rc, &message, &sent);
-    if (kind == DP_OK && c->dl.sink_failed) { /* close(2) failed */
-        kind = "io";
-        message = "writing the file failed";
-    }
-    push_result(L, &c->dl, kind, message, digest);
-    dp_transfer_wipe(&c->dl);
-    return 1;
+    return dp_download_end(L, c, rc);
+}
+
+/* m:progress(client) for asynchronous downloads: see dp.h */
+void dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total)
+{
+    curl_off_t whole = c->dl.status / 100 == 2 ? expected_total(&c->dl) : -1;
+
+    *done = (lua_Integer)(c->dl.offset + c->dl.written);
+    *total = (lua_Integer)whole;
 }
 
 /* ---- downloads driven from Lua: the cosocket transport's ---- */

@@ -38,7 +38,10 @@ typedef struct dp_client {
     int busy;                   /* a call that runs Lua callbacks is under way */
     int closing;                /* closed while busy: released when that call returns */
     pid_t pid;                  /* the process whose connections the handles hold */
+    dp_part part;               /* the file of the running download (download.c) */
+    char *if_range;             /* its "If-Range: <etag>" header, or NULL */
     dp_multi *multi;            /* set while an asynchronous request runs */
+    int downloading;            /* ... and it is a download: dl, not req */
     int ref;                    /* keeps the userdata alive meanwhile */
     struct dp_client *next;     /* in multi's list of running clients */
 } dp_client;
@@ -115,6 +118,18 @@ void dp_client_unbusy(lua_State *L, dp_client *c, pid_t pid);
 /* ---- download.c, batch.c: client methods ---- */
 
 int dp_client_download(lua_State *L);
+/* A download in three steps, for the blocking call and the multi: begin
+ * reads url, path and opts at arg..arg+2, opens the part file and
+ * prepares c->dl; it returns 0, or pushes the result of a download
+ * refused before any I/O and returns 1 (bad options raise). end closes
+ * the part and pushes the result of the transfer that ended with rc;
+ * close only closes (a transfer that stopped). */
+int dp_download_begin(lua_State *L, dp_client *c, int arg);
+int dp_download_end(lua_State *L, dp_client *c, CURLcode rc);
+void dp_download_close(dp_client *c);
+/* The running download's bytes in the file, and the whole file's size
+ * (-1: not known yet). */
+void dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total);
 /* core.part_file and core.download_target, for downloads driven from Lua */
 void dp_download_open(lua_State *L);
 int dp_client_many(lua_State *L);

@@ -112,13 +112,19 @@ static void unlink_client(dp_multi *m, dp_client *c)
     c->multi = NULL;
 }
 
-/* Takes c out of m: the request ends, its result is dropped. */
+/* Takes c out of m: the request or download ends, its result is dropped. */
 static void detach(lua_State *L, dp_multi *m, dp_client *c)
 {
-    (void)curl_multi_remove_handle(m->handle, c->req.curl); /* cannot fail for a member */
+    /* cannot fail for a member */
+    (void)curl_multi_remove_handle(m->handle, c->downloading ? c->dl.curl : c->req.curl);
     unlink_client(m, c);
-    dp_client_release(c);
-    (void)dp_client_swap(c); /* back to the shared handle: nothing to make */
+    if (c->downloading) {
+        c->downloading = 0;
+        dp_download_close(c);
+    } else {
+        dp_client_release(c);
+        (void)dp_client_swap(c); /* back to the shared handle: nothing to make */
+    }
     luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
     c->ref = LUA_NOREF;
 }
@@ -131,6 +137,8 @@ void dp_multi_cancel(lua_State *L, dp_client *c)
 void dp_multi_forget(lua_State *L, dp_client *c)
 {
     unlink_client(c->multi, c);
+    c->downloading = 0;
+    dp_download_close(c); /* the file only: libcurl is not called in a child */
     luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
     c->ref = LUA_NOREF;
 }
@@ -247,6 +255,64 @@ static int l_add(lua_State *L)
     return 0;
 }
 
+/* m:download(client, url, path, opts) -> nothing when the download
+ * started, else its result table (client:download's, docs/transport.md;
+ * opts.progress is the caller's to call: m:progress). */
+static int l_download(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    dp_client *c = dp_check_client(L, 2);
+    CURLcode rc;
+    CURLMcode mrc;
+
+    lua_settop(L, 5);
+    if (dp_download_begin(L, c, 3))
+        return 1;
+    /* As for requests (l_add): connections made here close through this
+     * multi, so the handle leaves the share until the download ends. */
+    rc = curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, (CURLSH *)NULL);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
+    mrc = rc == CURLE_OK ? curl_multi_add_handle(m->handle, c->dl.curl) : CURLM_OK;
+    if (rc != CURLE_OK || mrc != CURLM_OK) {
+        dp_download_close(c);
+        lua_createtable(L, 0, 2);
+        lua_pushliteral(L, "network");
+        lua_setfield(L, -2, "kind");
+        lua_pushstring(L, rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
+        lua_setfield(L, -2, "message");
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->multi = m;
+    c->downloading = 1;
+    c->next = m->running;
+    m->running = c;
+    return 0;
+}
+
+/* m:progress(client) -> bytes in the file, the whole file's size or nil:
+ * of the client's running download in m; nothing when none runs */
+static int l_progress(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    dp_client *c = dp_check_client(L, 2);
+    lua_Integer done, total;
+
+    if (c->multi != m || !c->downloading)
+        return 0;
+    dp_download_progress(c, &done, &total);
+    lua_pushinteger(L, done);
+    if (total >= 0)
+        lua_pushinteger(L, total);
+    else
+        lua_pushnil(L);
+    return 2;
+}
+
 /* m:remove(client): ends the client's running request in m, if any,
  * dropping its result. */
 static int l_remove(lua_State *L)
@@ -312,8 +378,8 @@ static int l_flush(lua_State *L)
     return 0;
 }
 
-/* m:done() -> client and the seven values of its request's outcome, or
- * nothing when no request has ended */
+/* m:done() -> client and the seven values of its request's outcome (of a
+ * download: its result table), or nothing when nothing has ended */
 static int l_done(lua_State *L)
 {
     dp_multi *m = check_open(L);
@@ -326,7 +392,10 @@ static int l_done(lua_State *L)
         return 0;
     c = t->owner;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
-    pushed = dp_push_result(L, t, rc); /* before detach swaps handles */
+    if (t == &c->dl) /* the result table, and the part file closed */
+        pushed = dp_download_end(L, c, rc);
+    else
+        pushed = dp_push_result(L, t, rc); /* before detach swaps handles */
     detach(L, m, c); /* its removal from m is done: a second one does nothing */
     return 1 + pushed;
 }
@@ -349,6 +418,8 @@ void dp_multi_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"add", l_add},
+        {"download", l_download},
+        {"progress", l_progress},
         {"remove", l_remove},
         {"action", l_action},
         {"changes", l_changes},

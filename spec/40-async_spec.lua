@@ -345,4 +345,83 @@ describe("asynchronous calls on a luv loop", function()
         assert.has_error(function() dp.new({ driver = {} }) end)
         assert.has_error(function() dp.driver({ watch = print }) end)
     end)
+
+    describe("export_async", function()
+        local MiB = 1024 * 1024
+        local dir
+        before_each(function()
+            emu:clear()
+            emu:configure({ job_seconds = 0.2, files = {
+                { name = "big.zip", size = 8 * MiB + 3 }, { name = "small.zip", size = 1000 } } })
+            dir = helpers.tmpdir()
+        end)
+        after_each(function() os.execute("rm -rf " .. helpers.quote(dir)) end)
+
+        local function md5_of(path)
+            return (helpers.sh("openssl md5 -binary " .. helpers.quote(path) .. " | base64"):gsub("%s+$", ""))
+        end
+
+        local GROUPS = { "myactivity.youtube" }
+
+        it("exports on the loop: returns at once, progress on the loop, files checked, resets", function()
+            local token = helpers.registered(emu, { dp.scope_for("myactivity.youtube") })
+            local c, results, events, ticks = client(), {}, {}, 0
+            local ticker = uv.new_timer()
+            ticker:start(5, 5, function() ticks = ticks + 1 end)
+            c:export_async(token, GROUPS, { dir = dir, on_progress = function(e)
+                events[#events + 1] = { type = e.type, done = e.done, ticks = ticks }
+            end }, function(r, err) results[#results + 1] = { r = r, err = err } end)
+            assert.equals(0, #results + #events) -- nothing before export_async returns
+            run_until(results, 1)
+            ticker:close()
+            local r = assert(results[1].r, tostring(results[1].err))
+            assert.is_true(r.reset)
+            assert.equals(2, #r.files)
+            for _, f in ipairs(r.files) do
+                assert.equals(md5_of(f.path), f.md5)
+                assert.equals(f.name == "big.zip" and 8 * MiB + 3 or 1000, helpers.size_of(f.path))
+            end
+            local downloads, first, last = 0, nil, nil
+            for _, e in ipairs(events) do
+                if e.type == "download" then
+                    downloads, first, last = downloads + 1, first or e, e
+                end
+            end
+            assert.equals("job", events[1].type)
+            assert.equals("reset", events[#events].type)
+            assert.is_true(downloads >= 4, downloads) -- about one per MiB
+            assert.is_true(last.ticks > first.ticks) -- the loop's timer ran during the download
+            local _, err = c:state(token, r.job_id) -- the reset revoked it
+            assert.equals(401, err.http_status)
+            c:close()
+        end)
+
+        it("close() from on_progress: the export ends `closed`, the part stays for a resume", function()
+            local token = helpers.registered(emu, { dp.scope_for("myactivity.youtube") })
+            local c, results = client(), {}
+            c:export_async(token, GROUPS, { dir = dir, reset = false, on_progress = function(e)
+                if e.type == "download" then c:close() end
+            end }, function(r, err) results[#results + 1] = { r = r, err = err } end)
+            run_until(results, 1)
+            assert.is_nil(results[1].r)
+            local err = results[1].err
+            assert.equals("closed", err.kind)
+            assert.is_string(err.job_id)
+            assert.is_true(helpers.size_of(dir .. "/" .. err.job_id .. "/.big.zip.part") >= MiB)
+            -- a new client resumes it, blocking, to the same bytes
+            local blocking = dp.new(helpers.https(emu))
+            local again = assert(blocking:export(token, GROUPS, { dir = dir, job_id = err.job_id }))
+            assert.equals(md5_of(again.files[1].path), again.files[1].md5)
+        end)
+
+        it("checks its arguments at once, before any I/O", function()
+            local c, token = client(), helpers.token()
+            assert.has_error(function() c:export_async(token, GROUPS, { dir = "" }, print) end)
+            assert.has_error(function() c:export_async(token, GROUPS, { bogus = 1 }, print) end)
+            assert.has_error(function() c:export_async(token, GROUPS, { dir = dir }) end)
+            assert.has_error(function() c:export_async(42, GROUPS, { dir = dir }, print) end)
+            assert.equals(0, #emu:requests())
+            c:close()
+        end)
+    end)
 end)

@@ -10,6 +10,8 @@ local unpack = table.unpack or unpack -- luacheck: ignore 143
 local remove = table.remove
 local floor, max = math.floor, math.max
 
+local PROGRESS_STEP = 1048576 -- as the blocking download's
+
 local _M = {}
 
 local Driver = { __name = "dataportability.driver" }
@@ -37,6 +39,7 @@ function _M.driver(hooks)
         multi = core.new_multi(),
         hooks = hooks,
         callbacks = {},     -- transport -> callback of its running request
+        downloads = {},     -- transport -> { progress =, reported = } of its running download
         watched = {},       -- fd -> true
         queue = {},         -- results to deliver: { callback, n, ... }
         timers = {},        -- { due =, fn = }: Driver:after
@@ -69,8 +72,15 @@ local function sync_once(self)
         local r = pack(self.multi:done())
         if r.n == 0 then break end
         local callback = self.callbacks[r[1]]
-        self.callbacks[r[1]] = nil
+        self.callbacks[r[1]], self.downloads[r[1]] = nil, nil
         self.queue[#self.queue + 1] = { callback, r.n - 1, unpack(r, 2, r.n) }
+    end
+    for transport, d in pairs(self.downloads) do -- progress(done, total) once per MiB
+        local done, total = self.multi:progress(transport)
+        if done and done - d.reported >= PROGRESS_STEP then
+            d.reported = done
+            self.queue[#self.queue + 1] = { d.progress, 2, done, total }
+        end
     end
     if timeout then
         self.curl_due = timeout >= 0 and core.now() + timeout / 1000 or nil
@@ -152,6 +162,34 @@ function Driver:start(transport, method, path, token, body, callback)
     end
 end
 
+--- Starts a download on a client transport: as client:download
+--- (docs/transport.md), opts.progress(done, total) and callback(result)
+--- on the loop, always later.
+function Driver:download(transport, url, path, opts, callback)
+    local function done(r, _, _, _, kind, message) -- a table, or a failed request's seven values
+        callback(type(r) == "table" and r or { kind = kind, message = message, written = 0, size = 0 })
+    end
+    if self.closed then
+        self.queue[#self.queue + 1] = failed(done, "closed", "the event loop driver is closed")
+        return deliver(self)
+    end
+    local refused = self.multi:download(transport, url, path, opts)
+    if refused then
+        self.queue[#self.queue + 1] = { done, 1, refused }
+    else
+        self.callbacks[transport] = done
+        self.downloads[transport] = opts.progress and { progress = opts.progress, reported = 0 } or nil
+    end
+    local ok, err = pcall(sync, self)
+    if not ok then -- a hook raised: the call raises, and did nothing
+        if self.callbacks[transport] == done then
+            self.callbacks[transport], self.downloads[transport] = nil, nil
+            self.multi:remove(transport)
+        end
+        error(err, 0)
+    end
+end
+
 --- Calls callback(...) later, as a request's end would: for calls refused
 --- before any I/O.
 function Driver:settle(callback, ...)
@@ -164,7 +202,7 @@ end
 function Driver:cancelled(transport)
     local callback = self.callbacks[transport]
     if callback then
-        self.callbacks[transport] = nil
+        self.callbacks[transport], self.downloads[transport] = nil, nil
         self.queue[#self.queue + 1] = failed(callback, "closed", "client is closed")
         sync(self)
     end
@@ -213,7 +251,7 @@ function Driver:close()
     for _, callback in pairs(self.callbacks) do
         self.queue[#self.queue + 1] = failed(callback, "closed", "the event loop driver is closed")
     end
-    self.callbacks = {}
+    self.callbacks, self.downloads = {}, {}
     for fd in pairs(self.watched) do
         self.hooks.watch(fd, false, false)
     end

@@ -458,8 +458,36 @@ end
 --- export workflow (lua/dataportability/export.lua).
 function Client:export(token, resources, opts)
     check_token_type(token, "export")
-    local exported, err = export.run(self, token, resources, opts) -- not a tail call: it may raise
+    export.check(opts, "export")
+    -- not a tail call: it may raise
+    local exported, err = export.run(export.blocking(self), token, resources, opts)
     return exported, err
+end
+
+--- client:export_async(token, resources, opts, callback): the same on the
+--- client's event loop; callback(result) or callback(nil, err), later.
+--- It runs as a coroutine that each step suspends; what a callback
+--- raises is raised from the loop's turn that ran it.
+function Client:export_async(token, resources, opts, callback)
+    check_token_type(token, "export_async")
+    if self.cosockets then
+        error("asynchronous calls are for event loops outside nginx; in OpenResty client:export does"
+            .. " not block", 2)
+    end
+    export.check(opts, "export_async")
+    if type(callback) ~= "function" then
+        error(format("bad argument #4 to 'export_async' (function expected, got %s)", type(callback)), 2)
+    end
+    self.driver = self.driver or async.default_driver()
+    local co
+    local function resume(...)
+        local ok, err = coroutine.resume(co, ...)
+        if not ok then error(err, 0) end
+    end
+    co = coroutine.create(function()
+        callback(export.run(export.on_loop(self, self.driver, resume), token, resources, opts))
+    end)
+    resume()
 end
 
 --- client:close(): idempotent; later calls return a `closed` error.

@@ -52,7 +52,8 @@ local OPTIONS = options.spec({
 -- A download slower than this for this long ends, and is resumed.
 local LOW_SPEED_LIMIT, LOW_SPEED_TIME = 1024, 60
 
-local sleep, now = transport.sleep, os.time
+local now = os.time
+local select, unpack, yield = select, table.unpack or unpack, coroutine.yield -- luacheck: ignore 143
 local file_size = core.file_size
 
 --- A safe local name for a signed URL's file: its last path segment,
@@ -99,7 +100,7 @@ end
 -- Downloads url into DIR/<job>/NAME through .NAME.part (published when whole
 -- and verified). Returns size, md5; or nil, err, expired (the signed URL
 -- needs renewing).
-local function fetch(client, url, jdir, name, progress, bounds)
+local function fetch(host, url, jdir, name, progress, bounds)
     local final, part, id_path = jdir .. "/" .. name, jdir .. "/." .. name .. ".part",
         jdir .. "/." .. name .. ".json"
     local id = read_identity(id_path) -- what the part was made from
@@ -116,7 +117,7 @@ local function fetch(client, url, jdir, name, progress, bounds)
         if left and left <= 0 then
             return nil, download_error("timeout", name .. ": download_timeout ran out")
         end
-        local r = client.transport:download(url, part, {
+        local r = host.download(url, part, {
             progress = report, resume = id ~= nil, if_range = id and id.etag,
             low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
         })
@@ -163,13 +164,13 @@ local function fetch(client, url, jdir, name, progress, bounds)
 end
 
 -- Polls until the job ends: its COMPLETE state, or nil, err.
-local function wait(client, token, job_id, opts, progress)
+local function wait(host, token, job_id, opts, progress)
     local delay = opts.poll_interval or 1
     local max_delay = opts.poll_max_interval or math.max(30, delay)
     local deadline = now() + (opts.max_wait or 7 * DAY)
     local last
     while true do
-        local st, err = client:state(token, job_id)
+        local st, err = host.call("state", token, job_id)
         if not st and not err.retryable then
             return nil, err
         end
@@ -188,33 +189,80 @@ local function wait(client, token, job_id, opts, progress)
             return nil, errors.new(METHOD, "timeout", format("archive job %s still %s after max_wait",
                 job_id, tostring(last)), { job_id = job_id })
         end
-        sleep(delay)
+        host.sleep(delay)
         delay = min(delay * 1.5, max_delay)
     end
 end
 
 local _M = { file_name = file_name }
 
---- client:export(token, resources, opts) -> result | nil, err; called by
---- client:export only: what it raises blames the caller of that.
-function _M.run(client, token, resources, opts)
-    options.check(opts, OPTIONS, "export", 3, 3)
+--- export.check(opts, fname): raises on bad options, blaming the caller
+--- of client:fname.
+function _M.check(opts, fname)
+    options.check(opts, OPTIONS, fname, 3, 3)
     if opts.poll_max_interval and opts.poll_max_interval < (opts.poll_interval or 1) then
-        error("export: option 'poll_max_interval' must be >= poll_interval", 3)
+        error(fname .. ": option 'poll_max_interval' must be >= poll_interval", 3)
     end
+end
+
+--- How the workflow's steps run, blocking (in nginx on cosockets, which
+--- yield to its loop): call(name, ...) a client method, download(url,
+--- path, opts) as the transport's, sleep(seconds).
+function _M.blocking(client)
+    return {
+        call = function(name, ...) return client[name](client, ...) end,
+        download = function(...) return client.transport:download(...) end,
+        sleep = transport.sleep,
+    }
+end
+
+--- The same steps on the client's event loop, from inside a coroutine:
+--- each step starts its asynchronous form and suspends the coroutine until
+--- it ends; resume(...) resumes it with the step's results.
+function _M.on_loop(client, driver, resume)
+    local function await(start)
+        local results, waiting
+        start(function(...)
+            if waiting then return resume(...) end
+            results = { n = select("#", ...), ... } -- ended at once: co never suspended
+        end)
+        if results then return unpack(results, 1, results.n) end
+        waiting = true
+        return yield()
+    end
+    return {
+        call = function(name, ...)
+            local args = { n = select("#", ...), ... }
+            return await(function(done)
+                args[args.n + 1] = done
+                client[name .. "_async"](client, unpack(args, 1, args.n + 1))
+            end)
+        end,
+        download = function(url, path, o)
+            return await(function(done) driver:download(client.transport, url, path, o, done) end)
+        end,
+        sleep = function(seconds)
+            return await(function(done) driver:after(seconds, done) end)
+        end,
+    }
+end
+
+--- export.run(host, token, resources, opts) -> result | nil, err: the
+--- workflow, its steps run by host (checked opts).
+function _M.run(host, token, resources, opts)
     local ok, why = core.private_dir(opts.dir, true)
     if not ok then return nil, download_error("io", why) end
     local progress = opts.on_progress
     local job_id = opts.job_id
     if not job_id then
-        local job, err = client:initiate(token, resources,
+        local job, err = host.call("initiate", token, resources,
             { start_time = opts.start_time, end_time = opts.end_time })
         if not job then return nil, err end
         job_id = job.archive_job_id
         if progress then progress({ type = "job", job_id = job_id, access_type = job.access_type }) end
     end
 
-    local st, err = wait(client, token, job_id, opts, progress)
+    local st, err = wait(host, token, job_id, opts, progress)
     if not st then
         err.job_id = job_id
         return nil, err
@@ -240,11 +288,11 @@ function _M.run(client, token, resources, opts)
             md5 = id and id.md5
         else
             local expired
-            size, md5, expired = fetch(client, st.urls[i], jdir, name, progress, bounds)
+            size, md5, expired = fetch(host, st.urls[i], jdir, name, progress, bounds)
             if not size and expired then -- signed URLs expire: renew once
-                local fresh, serr = client:state(token, job_id)
+                local fresh, serr = host.call("state", token, job_id)
                 if fresh then
-                    size, md5 = fetch(client, fresh.urls[i] or st.urls[i], jdir, name, progress, bounds)
+                    size, md5 = fetch(host, fresh.urls[i] or st.urls[i], jdir, name, progress, bounds)
                 else
                     md5 = serr
                 end
@@ -260,7 +308,7 @@ function _M.run(client, token, resources, opts)
 
     local reset = opts.reset ~= false
     if reset then
-        local done, rerr = client:reset(token)
+        local done, rerr = host.call("reset", token)
         if not done then
             rerr.job_id, rerr.files = job_id, files
             return nil, rerr
