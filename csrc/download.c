@@ -23,9 +23,10 @@ static CURLcode make_handle(dp_client *c)
         return CURLE_OUT_OF_MEMORY;
     rc = dp_transfer_bind(&c->dl, c);
     /* None of the API's headers, no size limit: each call sets its time
-     * limits (prepare). */
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, dp_share_handle(c->share));
+     * limits (prepare). Not in the share: a download may run in a host's
+     * multi (multi.c), whose connections close through that multi and
+     * must not outlive it in the shared cache; and one connection to a
+     * storage host for a whole file gains little from it. */
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)0);
     if (rc == CURLE_OK)
@@ -262,7 +263,6 @@ void dp_download_close(dp_client *c)
     if (c->dl.curl != NULL && !dp_forked(c->pid)) {
         (void)curl_easy_setopt(c->dl.curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
         (void)curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, (curl_closesocket_callback)NULL);
-        (void)curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, dp_share_handle(c->share)); /* a multi's took it */
     }
     free(c->if_range);
     c->if_range = NULL;

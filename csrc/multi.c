@@ -269,10 +269,8 @@ static int l_download(lua_State *L)
     if (dp_download_begin(L, c, 3))
         return 1;
     /* As for requests (l_add): connections made here close through this
-     * multi, so the handle leaves the share until the download ends. */
-    rc = curl_easy_setopt(c->dl.curl, CURLOPT_SHARE, (CURLSH *)NULL);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+     * multi; the download handle is in no share (download.c). */
+    rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
     mrc = rc == CURLE_OK ? curl_multi_add_handle(m->handle, c->dl.curl) : CURLM_OK;

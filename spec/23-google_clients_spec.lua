@@ -7,9 +7,9 @@ local q = helpers.quote
 
 local HERE = helpers.sh("pwd"):gsub("%s+$", "")
 local DOC = "docs/emulator.md"
--- Google's discovery document (with the live reference's methods), kept
--- beside the repository, never in it
-local DISCOVERY = HERE .. "/../shared/reference/google-discovery-dataportability-v1-live.json"
+-- Google's discovery document, as https://dataportability.googleapis.com/$discovery/rest?version=v1
+-- served it
+local DISCOVERY = HERE .. "/spec/fixtures/google-discovery-dataportability-v1.json"
 local NODE_MODULES = HERE .. "/bench/google/node/node_modules"
 
 -- The code blocks of one "## " section of a markdown page, by language.

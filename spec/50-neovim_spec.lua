@@ -239,7 +239,11 @@ describe("Neovim: :DataPortabilityExport and export_async #host", function()
             local err = assert(r.last.err)
             assert.equals("closed", err.kind)
             assert.is_string(err.job_id)
-            assert.is_nil(helpers.size_of(dir .. "/" .. err.job_id .. "/big.zip")) -- stopped mid-file
+            -- stopped mid-file: no big.zip, and a part to resume from
+            local job_dir = dir .. "/" .. err.job_id
+            assert.is_nil(helpers.size_of(job_dir .. "/big.zip"))
+            local part = helpers.size_of(job_dir .. "/.big.zip.part")
+            assert.is_true(part ~= nil and part < 256 * MiB, tostring(part))
 
             local notes, levels = r.notes, r.levels
             assert.matches("^DataPortabilityExport: no export is running$", notes[1].message)

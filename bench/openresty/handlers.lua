@@ -57,7 +57,8 @@ function _M.export()
     local bytes = 0
     for _, f in ipairs(result.files) do bytes = bytes + f.size end
     ngx.header["Content-Type"] = "application/json"
-    ngx.say(('{"client":"ngx-export","calls":1,"ok":1,"seconds":%.6f,"bytes":%d}'):format(ended - started, bytes))
+    ngx.say(('{"client":"ngx-export","calls":1,"ok":1,"seconds":%.6f,"bytes":%d}')
+        :format(ended - started, bytes))
 end
 
 return _M

@@ -1,4 +1,4 @@
--- OAuth 2.0 with Google (shared/reference/api.md, section 7): token sources
+-- OAuth 2.0 with Google (https://developers.google.com/identity/protocols/oauth2): token sources
 -- that refresh and cache access tokens, consent URLs with PKCE (S256), the
 -- authorization-code exchange and revocation. Client secrets and refresh
 -- tokens obey the access token's rules: checked before any I/O, copied
