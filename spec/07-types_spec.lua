@@ -12,7 +12,6 @@ local helpers = require("spec.helpers")
 -- export and refresh, which come with other work): allowed to be missing
 -- from the code until then. Empty this once they are in.
 local PENDING = {
-    ["dataportability.TokenSource"] = { refresh_async = true },
     ["dataportability.ExportOptions"] = { sink = true },
 }
 

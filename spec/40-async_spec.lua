@@ -346,6 +346,54 @@ describe("asynchronous calls on a luv loop", function()
         assert.has_error(function() dp.driver({ watch = print }) end)
     end)
 
+    describe("token sources on the loop", function()
+        local SECRET = "s3cret-s3cret-s3cret"
+
+        local function source()
+            emu:clear()
+            emu:add_client({ client_id = "cid", client_secret = SECRET,
+                             redirect_uris = { "http://127.0.0.1/cb" } })
+            local refresh = "1//0g" .. require("dataportability.core").random_base64url(40)
+            emu:add_token(nil, { dp.scope_for("myactivity.youtube") }, { refresh_token = refresh })
+            return dp.token_source({ client_id = "cid", client_secret = SECRET, refresh_token = refresh,
+                                     token_endpoint = emu.https_endpoint .. "/token", ca_file = emu.ca_file,
+                                     driver = driver })
+        end
+
+        it("refresh_async: a fresh access token, later, on the loop", function()
+            local s, results = source(), {}
+            s:refresh_async(function(access, err) results[#results + 1] = { access = access, err = err } end)
+            assert.equals(0, #results)
+            run_until(results, 1)
+            assert.is_string(results[1].access)
+            assert.equals(results[1].access, s:token()) -- cached: no second request
+            assert.equals(1, #emu:requests())
+            assert.has_error(function() s:refresh_async() end)
+        end)
+
+        it("an _async call refreshes without blocking: the loop ticks while /token is slow", function()
+            local s = source()
+            emu:set_fault({ action = "delay", seconds = 1, path = "/token", count = 1 })
+            local c, results, ticks = client(), {}, 0
+            local ticker = uv.new_timer()
+            ticker:start(5, 5, function() ticks = ticks + 1 end)
+            c:reset_async(s, function(ok, err)
+                results[#results + 1] = { ok = ok, err = err, ticks = ticks }
+            end)
+            local returned = ticks
+            run_until(results, 1)
+            ticker:close()
+            assert.is_true(results[1].ok, tostring(results[1].err))
+            -- a blocking refresh would have held reset_async for the whole second
+            assert.is_true(results[1].ticks - returned >= 20, results[1].ticks - returned)
+            local paths = {}
+            for i, r in ipairs(emu:requests()) do paths[i] = r.path end
+            assert.same({ "/token", "/v1/authorization:reset" }, paths)
+            assert.is_nil(s.access_token) -- the reset revoked it: forgotten
+            c:close()
+        end)
+    end)
+
     describe("export_async", function()
         local MiB = 1024 * 1024
         local dir

@@ -138,15 +138,16 @@ local function failed(callback, kind, message, sent)
     return { callback, 7, nil, nil, nil, nil, kind, message, sent or "no" }
 end
 
---- Starts a request on a client transport (the C core's client);
+--- Starts a request on a client transport (the C core's client), a body
+--- of body_type ("json", the default, or "form");
 --- callback(<the seven values of docs/transport.md>), always later, never
 --- before start returns.
-function Driver:start(transport, method, path, token, body, callback)
+function Driver:start(transport, method, path, token, body, callback, body_type)
     if self.closed then -- nothing will run the loop for it: answer now
         self.queue[#self.queue + 1] = failed(callback, "closed", "the event loop driver is closed")
         return deliver(self)
     end
-    local _, _, _, _, kind, message, sent = self.multi:add(transport, method, path, token, body)
+    local _, _, _, _, kind, message, sent = self.multi:add(transport, method, path, token, body, body_type)
     if kind then
         self.queue[#self.queue + 1] = failed(callback, kind, message, sent)
     else

@@ -288,6 +288,32 @@ end
 -- again, as retry.lua allows, or nil. A stale kept-alive connection is
 -- retried at once, where the method allows it at all: the server most
 -- likely closed it idle, and a new connection is all it takes.
+-- call_with on the event loop: done(doc) or done(nil, err), later; a
+-- token source refreshes on the same loop, never blocking it.
+local function call_with_async(self, m, path, token, body, done)
+    if not oauth.is_source(token) then
+        return call_async(self, m, path, token, body, done)
+    end
+    self.driver = self.driver or async.default_driver()
+    token.driver = token.driver or self.driver
+    local function send(access, refreshed)
+        call_async(self, m, path, access, body, function(doc, err)
+            if not doc and err.http_status == 401 and not refreshed then
+                return token:refresh_async(function(fresh, rerr)
+                    if not fresh then return done(nil, rerr) end
+                    send(fresh, true)
+                end)
+            end
+            if doc and m.revokes then token:forget() end
+            done(doc, err)
+        end)
+    end
+    token:token_async(function(access, err)
+        if not access then return done(nil, err) end
+        send(access, false)
+    end)
+end
+
 local function judge(self, m, try, err)
     err.attempts = try.attempts
     if m.revokes and try.lost and err.status == "UNAUTHENTICATED" then
@@ -353,17 +379,12 @@ for name, m in pairs(API) do
         end
         check_args(m, async_name, unpack(args, 1, n - 1))
         local path, body = build(m, unpack(args, 1, n - 1))
-        if oauth.is_source(token) then -- its refresh, when one is due, blocks
-            local access, err = token:token()
-            if not access then path, body = nil, err end
-            token = access
-        end
         if not path then -- refused before any I/O: body is the error
             return call_async(self, m, nil, token, body, function(_, err) callback(nil, err) end)
         end
         local try = new_try(core.now())
         local function attempt()
-            call_async(self, m, path, token, body, function(doc, err)
+            call_with_async(self, m, path, token, body, function(doc, err)
                 local delay = not doc and judge(self, m, try, err)
                 if not delay then return callback(result(m, doc, err)) end
                 announce(self, m, try, err, delay)

@@ -10,6 +10,7 @@ local errors = require("dataportability.errors")
 local scopes = require("dataportability.scopes")
 local options = require("dataportability.options")
 local transport = require("dataportability.transport")
+local async = require("dataportability.async")
 local json = require("cjson.safe")
 
 local type, pairs, ipairs, tonumber, error, setmetatable, getmetatable, rawget = type, pairs, ipairs,
@@ -76,12 +77,11 @@ local function now()
     return os.time()
 end
 
--- POSTs a form; the decoded JSON answer or nil, err. `secrets` (a list,
--- maybe with holes) are redacted from anything the server sends back,
--- before it is decoded or cut (errors.redact: any 8 bytes of one in a row).
-local function post(t, path, fields, method, secrets)
-    local status, body, content_type, retry_after, kind, message, sent =
-        t:request("POST", path, nil, encode(fields), "form")
+-- A form POST's answer (the seven values of docs/transport.md): the
+-- decoded JSON or nil, err. `secrets` (a list, maybe with holes) are
+-- redacted from anything the server sends back, before it is decoded or
+-- cut (errors.redact: any 8 bytes of one in a row).
+local function answer(method, secrets, status, body, content_type, retry_after, kind, message, sent)
     if not status then
         return nil, errors.new(method, kind, message and errors.redact(message, secrets),
             { sent = sent ~= "no" })
@@ -95,6 +95,16 @@ local function post(t, path, fields, method, secrets)
             { http_status = status })
     end
     return errors.scrub(doc, secrets) -- what JSON escapes hid
+end
+
+local function post(t, path, fields, method, secrets)
+    return answer(method, secrets, t:request("POST", path, nil, encode(fields), "form"))
+end
+
+-- The same on an event loop: done(doc) or done(nil, err), later.
+local function post_async(driver, t, path, fields, method, secrets, done)
+    driver:start(t, "POST", path, nil, encode(fields), function(...) done(answer(method, secrets, ...)) end,
+        "form")
 end
 
 ---------------------------------------------------------------------------
@@ -151,19 +161,48 @@ local function take(self, doc, method)
     return p.access_token
 end
 
+local function no_refresh_token()
+    return errors.new("oauth.token", "invalid_token", "no refresh token to renew the access token with")
+end
+
+local function refresh_fields(self, p)
+    return { { "grant_type", "refresh_token" }, { "refresh_token", p.refresh_token },
+             { "client_id", self.client_id }, { "client_secret", p.client_secret } }
+end
+
 --- source:refresh() -> access token | nil, err: a new one, now.
 function Source:refresh()
     local p = private[self]
-    if not p.refresh_token then
-        return nil, errors.new("oauth.token", "invalid_token",
-            "no refresh token to renew the access token with")
-    end
-    local doc, err = post(p.token_transport, p.token_path, {
-        { "grant_type", "refresh_token" }, { "refresh_token", p.refresh_token },
-        { "client_id", self.client_id }, { "client_secret", p.client_secret },
-    }, "oauth.token", { p.refresh_token, p.client_secret })
+    if not p.refresh_token then return nil, no_refresh_token() end
+    local doc, err = post(p.token_transport, p.token_path, refresh_fields(self, p), "oauth.token",
+        { p.refresh_token, p.client_secret })
     if not doc then return nil, err end
     return take(self, doc, "oauth.token")
+end
+
+local function check_callback(callback, fname)
+    if type(callback) ~= "function" then
+        error(format("bad argument #1 to '%s' (function expected, got %s)", fname, type(callback)), 3)
+    end
+    if transport.in_nginx() then
+        error(fname .. ": asynchronous calls are for event loops outside nginx; in OpenResty "
+            .. fname:gsub("_async$", "") .. " does not block", 3)
+    end
+end
+
+--- source:refresh_async(callback): the same on the event loop of the
+--- source's `driver` option (default: Neovim's, else luv's);
+--- callback(access) or callback(nil, err), later.
+function Source:refresh_async(callback)
+    check_callback(callback, "refresh_async")
+    local p = private[self]
+    self.driver = self.driver or async.default_driver()
+    if not p.refresh_token then return self.driver:settle(callback, nil, no_refresh_token()) end
+    post_async(self.driver, p.token_transport, p.token_path, refresh_fields(self, p), "oauth.token",
+        { p.refresh_token, p.client_secret }, function(doc, err)
+            if not doc then return callback(nil, err) end
+            callback(take(self, doc, "oauth.token"))
+        end)
 end
 
 --- source:token() -> access token | nil, err: the cached one until shortly
@@ -174,6 +213,18 @@ function Source:token()
         return access
     end
     return self:refresh()
+end
+
+--- source:token_async(callback): token() on the event loop: callback(access)
+--- or callback(nil, err), later; a refresh, when one is due, never blocks.
+function Source:token_async(callback)
+    check_callback(callback, "token_async")
+    local access = private[self].access_token
+    if access and now() < self.expires_at - EARLY then
+        self.driver = self.driver or async.default_driver()
+        return self.driver:settle(callback, access)
+    end
+    self:refresh_async(callback)
 end
 
 --- The access token is dead (a reset revoked it): the next token() refreshes.
@@ -202,6 +253,9 @@ local SOURCE = {
     refresh_token = { "string", check = token_rules }, access_token = { "string", check = token_rules },
     expires_at = "number", token_endpoint = "string", revoke_endpoint = "string", ca_file = "string",
     timeout = "number", user_agent = "string",
+    driver = { "table", check = function(v)
+        if not async.is_driver(v) then return "must be a driver from dp.driver" end
+    end },
 }
 local EXCHANGE = {
     code = { "string!", check = token_rules }, code_verifier = "string!", redirect_uri = "string!",
@@ -215,7 +269,8 @@ local function new_source(o, fname, level)
                 access_token = o.access_token }
     p.token_transport, p.token_path = endpoint(o, "token_endpoint", "token", fname, level + 1)
     p.revoke_transport, p.revoke_path = endpoint(o, "revoke_endpoint", "revoke", fname, level + 1)
-    local self = setmetatable({ client_id = o.client_id, expires_at = o.expires_at or 0 }, Source)
+    local self = setmetatable({ client_id = o.client_id, expires_at = o.expires_at or 0, driver = o.driver },
+        Source)
     private[self] = p
     if p.access_token and not o.expires_at then self.expires_at = now() + 3600 end
     return self, p

@@ -28,9 +28,14 @@ function TokenSource:token() end
 ---@return dataportability.Error? err
 function TokenSource:refresh() end
 
----The same without blocking: the request runs on an event loop, and `callback` later.
+---The same without blocking, on the event loop of the `driver` option (default: Neovim's,
+---else luv's; an `_async` client call lends its client's): `callback` later, on the loop.
 ---@param callback fun(access_token: string?, err: dataportability.Error?)
 function TokenSource:refresh_async(callback) end
+
+---`token()` on the event loop: the cached access token, or a refreshed one; `callback` later.
+---@param callback fun(access_token: string?, err: dataportability.Error?)
+function TokenSource:token_async(callback) end
 
 ---Drops the cached access token (a reset revoked it): the next `token()` refreshes.
 function TokenSource:forget() end
@@ -59,6 +64,8 @@ function TokenSource:revoke() end
 ---@field timeout? number
 ---Appended after `dataportability-lua/<version>`.
 ---@field user_agent? string
+---The event loop of `refresh_async` and `token_async`, from `dp.driver`.
+---@field driver? dataportability.Driver
 
 ---Options of `dp.exchange_code`: a token source's, and what the consent returned.
 ---@class dataportability.ExchangeCodeOptions: dataportability.TokenSourceOptions
