@@ -39,6 +39,7 @@ static CURLcode make_handle(dp_client *c)
 /* What one download call asks for (docs/transport.md). */
 typedef struct {
     int resume;            /* append to the existing file */
+    curl_off_t offset;     /* a stream's: the bytes its sink already has */
     long low_speed_limit;  /* bytes/s ... */
     long low_speed_time;   /* ... for this many seconds ends the transfer */
     long timeout_ms;       /* 0: none */
@@ -75,9 +76,14 @@ static void read_opts(lua_State *L, int idx, dp_client *c, dp_download_opts *o)
     if (!lua_isnil(L, -1))
         luaL_checktype(L, -1, LUA_TFUNCTION);
     lua_pop(L, 1);
+    lua_getfield(L, idx, "sink");
+    if (!lua_isnil(L, -1))
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pop(L, 1);
     lua_getfield(L, idx, "resume");
     o->resume = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    o->offset = (curl_off_t)opt_number(L, idx, "offset", 0, 0, 1e15);
     o->low_speed_limit = (long)opt_number(L, idx, "low_speed_limit", 1, 1, 1e9);
     o->low_speed_time = (long)opt_number(L, idx, "low_speed_time", 60, 1, 86400);
     timeout_ms = opt_number(L, idx, "timeout", 0, 0, 1e7) * 1000;
@@ -148,16 +154,36 @@ static curl_off_t expected_total(const dp_transfer *t)
 
 typedef struct {
     int fn;             /* stack index of the progress function, or 0 */
+    int sink;           /* a stream's: stack index of the sink function */
     curl_off_t reported;
 } dp_progress;
 
+/* A stream's buffered bytes to its sink(chunk). */
+static int drain(lua_State *L, dp_transfer *t, int sink)
+{
+    const char *chunk;
+    size_t n = dp_transfer_take(t, &chunk);
 
-/* Between the engine's steps: progress(done, total) once per MiB. */
+    if (n > 0) {
+        lua_pushvalue(L, sink);
+        lua_pushlstring(L, chunk, n);
+        if (lua_pcall(L, 1, 0, 0) != 0)
+            return DP_RAISED;
+    }
+    dp_transfer_resume(t);
+    return DP_GO_ON;
+}
+
+
+/* Between the engine's steps: a stream's bytes to its sink, and
+ * progress(done, total) once per MiB. */
 static int report(lua_State *L, dp_transfer *t, void *ud)
 {
     dp_progress *p = ud;
     curl_off_t total;
 
+    if (t->stream && drain(L, t, p->sink) != DP_GO_ON)
+        return DP_RAISED;
     if (p->fn == 0 || t->status / 100 != 2 || t->written - p->reported < PROGRESS_STEP)
         return DP_GO_ON;
     p->reported = t->written;
@@ -219,7 +245,7 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
 int dp_download_begin(lua_State *L, dp_client *c, int arg)
 {
     const char *url = luaL_checkstring(L, arg);
-    const char *path = luaL_checkstring(L, arg + 1);
+    const char *path = lua_isnil(L, arg + 1) ? NULL : luaL_checkstring(L, arg + 1);
     const char *problem;
     dp_download_opts o;
     int https = 0;
@@ -237,13 +263,15 @@ int dp_download_begin(lua_State *L, dp_client *c, int arg)
         lua_pushfstring(L, "the server listed a download URL that %s", problem);
         return push_result(L, &c->dl, "http", lua_tostring(L, -1), NULL);
     }
-    if ((problem = dp_part_open(&c->part, path, o.resume)) != NULL) {
+    if (path != NULL && (problem = dp_part_open(&c->part, path, o.resume)) != NULL) {
         dp_download_close(c);
         return push_result(L, &c->dl, "io", problem, NULL);
     }
-    rc = prepare(c, url, https, (curl_off_t)c->part.size, &o);
-    c->dl.sink = &c->part; /* after prepare: binding a new handle clears it */
-    c->dl.offset = (curl_off_t)c->part.size;
+    rc = prepare(c, url, https, path != NULL ? (curl_off_t)c->part.size : o.offset, &o);
+    /* after prepare: binding a new handle clears them */
+    c->dl.sink = path != NULL ? &c->part : NULL;
+    c->dl.stream = path == NULL;
+    c->dl.offset = path != NULL ? (curl_off_t)c->part.size : o.offset;
     if (rc != CURLE_OK) {
         dp_download_close(c);
         return push_result(L, &c->dl, "network", curl_easy_strerror(rc), NULL);
@@ -256,6 +284,7 @@ void dp_download_close(dp_client *c)
     int had_part = c->dl.sink != NULL;
 
     c->dl.sink = NULL;
+    c->dl.stream = 0;
     if (had_part && !dp_part_close(&c->part))
         c->dl.sink_failed = 1;
     /* plain pointer options: libcurl cannot refuse them; a forked child
@@ -292,11 +321,13 @@ int dp_download_end(lua_State *L, dp_client *c, CURLcode rc)
  *   path from its size with a Range request (else a new file, 0600, that
  *   must not exist); if_range: the ETag the part was made from;
  *   low_speed_limit (bytes/s, 1) and low_speed_time (s, 60): a slower
- *   transfer ends; timeout (s, 0: none). Never through a symbolic link. */
+ *   transfer ends; timeout (s, 0: none). Never through a symbolic link.
+ *   path nil: a stream, each chunk to opts.sink(chunk) between steps,
+ *   from opts.offset (a Range request when > 0). */
 int dp_client_download(lua_State *L)
 {
     dp_client *c = dp_check_client(L, 1);
-    dp_progress progress = {0, 0};
+    dp_progress progress = {0, 0, 0};
     int status;
     pid_t pid;
     CURLcode rc;
@@ -306,9 +337,15 @@ int dp_client_download(lua_State *L)
         return 1;
     lua_getfield(L, 4, "progress");
     progress.fn = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_getfield(L, 4, "sink");
+    progress.sink = lua_gettop(L);
+    if (c->dl.stream && lua_isnil(L, progress.sink))
+        luaL_error(L, "download option 'sink' is needed without a path");
     c->busy = 1;
     pid = c->pid;
     status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
+    if (status == DP_GO_ON && c->dl.stream) /* what came with the last step */
+        status = drain(L, &c->dl, progress.sink);
     if (status != DP_GO_ON)
         dp_download_close(c);
     dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */
@@ -339,10 +376,11 @@ static int failed(lua_State *L, const char *message)
     return 2;
 }
 
-/* core.part_file(path, resume) -> part | nil, message (part.h) */
+/* core.part_file(path, resume) -> part | nil, message (part.h); path nil:
+ * no file, a running MD5 of what is written */
 static int l_part_file(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = luaL_optstring(L, 1, NULL);
     int resume = lua_toboolean(L, 2);
     dp_part *p = lua_newuserdata(L, sizeof *p);
     const char *problem;
@@ -358,7 +396,7 @@ static int l_part_file(lua_State *L)
 static dp_part *check_part(lua_State *L)
 {
     dp_part *p = luaL_checkudata(L, 1, DP_PART_MT);
-    if (p->fd < 0)
+    if (p->md5 == NULL)
         luaL_error(L, "attempt to use a closed " DP_PART_MT);
     return p;
 }

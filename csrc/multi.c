@@ -257,7 +257,8 @@ static int l_add(lua_State *L)
 
 /* m:download(client, url, path, opts) -> nothing when the download
  * started, else its result table (client:download's, docs/transport.md;
- * opts.progress is the caller's to call: m:progress). */
+ * opts.progress and a stream's opts.sink are the caller's to call:
+ * m:progress, m:take). */
 static int l_download(lua_State *L)
 {
     dp_multi *m = check_open(L);
@@ -309,6 +310,24 @@ static int l_progress(lua_State *L)
     else
         lua_pushnil(L);
     return 2;
+}
+
+/* m:take(client) -> the bytes a stream download of the client (path nil)
+ * buffered, or nothing; a full buffer's transfer goes on. */
+static int l_take(lua_State *L)
+{
+    dp_multi *m = check_open(L);
+    dp_client *c = dp_check_client(L, 2);
+    const char *chunk;
+    size_t n;
+
+    if (c->multi != m || !c->downloading || !c->dl.stream)
+        return 0;
+    n = dp_transfer_take(&c->dl, &chunk);
+    if (n > 0)
+        lua_pushlstring(L, chunk, n);
+    dp_transfer_resume(&c->dl); /* libcurl's timer, armed for it, shows in m:changes() */
+    return n > 0 ? 1 : 0;
 }
 
 /* m:remove(client): ends the client's running request in m, if any,
@@ -418,6 +437,7 @@ void dp_multi_open(lua_State *L)
         {"add", l_add},
         {"download", l_download},
         {"progress", l_progress},
+        {"take", l_take},
         {"remove", l_remove},
         {"action", l_action},
         {"changes", l_changes},

@@ -30,13 +30,13 @@ const char *dp_part_open(dp_part *p, const char *path, int resume)
 
     p->size = 0;
     p->md5 = NULL;
-    p->fd = open(path, resume ? flags : flags | O_CREAT | O_EXCL, 0600);
-    if (p->fd < 0)
+    p->fd = path == NULL ? -1 : open(path, resume ? flags : flags | O_CREAT | O_EXCL, 0600);
+    if (p->fd < 0 && path != NULL)
         return errno == ELOOP ? "refused to write through a symbolic link"
              : errno == EEXIST ? "the file exists already, and is not ours"
              : "cannot open the file for writing";
     p->md5 = EVP_MD_CTX_new();
-    if (p->md5 == NULL || EVP_DigestInit_ex(p->md5, EVP_md5(), NULL) != 1 || !hash_prefix(p)) {
+    if (p->md5 == NULL || EVP_DigestInit_ex(p->md5, EVP_md5(), NULL) != 1 || (path != NULL && !hash_prefix(p))) {
         (void)dp_part_close(p);
         return "cannot read the file";
     }
@@ -48,7 +48,7 @@ int dp_part_write(dp_part *p, const char *data, size_t n)
     if (EVP_DigestUpdate(p->md5, data, n) != 1)
         return 0;
     p->size += (long long)n;
-    while (n > 0) {
+    while (n > 0 && p->fd >= 0) {
         ssize_t k = write(p->fd, data, n);
         if (k < 0 && errno == EINTR)
             continue;
@@ -63,7 +63,7 @@ int dp_part_write(dp_part *p, const char *data, size_t n)
 int dp_part_truncate(dp_part *p)
 {
     p->size = 0;
-    return ftruncate(p->fd, 0) == 0 && EVP_DigestInit_ex(p->md5, EVP_md5(), NULL) == 1;
+    return (p->fd < 0 || ftruncate(p->fd, 0) == 0) && EVP_DigestInit_ex(p->md5, EVP_md5(), NULL) == 1;
 }
 
 int dp_part_digest(const dp_part *p, char out[25])

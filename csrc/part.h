@@ -9,14 +9,15 @@
 #include <openssl/evp.h>
 
 typedef struct {
-    int fd;           /* -1: closed */
-    EVP_MD_CTX *md5;  /* of every byte in the file, a resumed prefix first */
+    int fd;           /* -1: no file (a stream's running MD5 only), or closed */
+    EVP_MD_CTX *md5;  /* of every byte in the file, a resumed prefix first; NULL: closed */
     long long size;
 } dp_part;
 
 /* Opens path, never through a symbolic link: to resume, the existing file
  * (its bytes hashed); else a new one, 0600, that must not exist yet.
- * Returns NULL, or a sentence saying why not. */
+ * path NULL: no file, the bytes are only hashed. Returns NULL, or a
+ * sentence saying why not. */
 const char *dp_part_open(dp_part *p, const char *path, int resume);
 /* Appends n bytes; 0 when writing failed. */
 int dp_part_write(dp_part *p, const char *data, size_t n);

@@ -10,20 +10,18 @@
 
 /* ---- libcurl's callbacks ---- */
 
-/* Keeps n more body bytes in memory, at most DP_BODY_MAX in all. */
-static size_t keep_body(dp_transfer *t, const char *data, size_t n)
+#define DOWNLOAD(t) ((t)->sink != NULL || (t)->stream)
+
+/* Appends n bytes to the body buffer; 0 when out of memory. */
+static size_t append(dp_transfer *t, const char *data, size_t n, size_t max)
 {
-    if (n > DP_BODY_MAX - t->body_len) {
-        t->too_large = 1;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
     if (t->body_len + n > t->body_cap) {
         size_t cap = t->body_cap ? t->body_cap : 1024;
         char *p;
         while (cap < t->body_len + n)
             cap *= 2;
-        if (cap > DP_BODY_MAX)
-            cap = DP_BODY_MAX;
+        if (cap > max)
+            cap = max;
         p = realloc(t->body, cap);
         if (p == NULL)
             return 0;
@@ -35,18 +33,35 @@ static size_t keep_body(dp_transfer *t, const char *data, size_t n)
     return n;
 }
 
-/* A download's 2xx body goes to its file; anything else is an answer. */
+/* Keeps n more body bytes in memory, at most DP_BODY_MAX in all. */
+static size_t keep_body(dp_transfer *t, const char *data, size_t n)
+{
+    if (n > DP_BODY_MAX - t->body_len) {
+        t->too_large = 1;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    return append(t, data, n, DP_BODY_MAX);
+}
+
+/* A download's 2xx body goes to its file, or for a stream to the body
+ * buffer, which the Lua side empties between steps (dp_transfer_take);
+ * anything else is an answer. */
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     dp_transfer *t = ud;
     size_t n = size * nmemb;
 
-    if (t->sink == NULL)
+    if (t->sink == NULL && !t->stream)
         return keep_body(t, data, n);
     if (t->status == 0) {
         if (curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &t->status) != CURLE_OK)
             return 0;
-        /* The server ignored the Range: the file starts again. */
+        /* The server ignored the Range: the file starts again; a stream
+         * cannot take back what it gave. */
+        if (t->status == 200 && t->offset > 0 && t->stream) {
+            t->restarted = 1;
+            return 0;
+        }
         if (t->status == 200 && t->offset > 0) {
             if (!dp_part_truncate(t->sink)) {
                 t->sink_failed = 1;
@@ -57,6 +72,16 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     }
     if (t->status / 100 != 2)
         return keep_body(t, data, n);
+    if (t->stream) {
+        if (t->body_len >= DP_STREAM_CHUNK) {
+            t->paused = 1;
+            return CURL_WRITEFUNC_PAUSE; /* offered again once unpaused */
+        }
+        if (append(t, data, n, (size_t)-1) != n)
+            return 0;
+        t->written += (curl_off_t)n;
+        return n;
+    }
     if (!dp_part_write(t->sink, data, n)) {
         t->sink_failed = 1;
         return 0;
@@ -114,13 +139,13 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
         t->headers_done = 1;
     } else if (line[0] == 'c' || line[0] == 'C') { /* the names kept, cheaply told apart */
         dp_keep_header(line, n, "content-type", t->content_type, sizeof t->content_type);
-        if (t->sink != NULL)
+        if (DOWNLOAD(t))
             dp_keep_header(line, n, "content-range", t->content_range, sizeof t->content_range);
     } else if (line[0] == 'r' || line[0] == 'R') {
         dp_keep_header(line, n, "retry-after", t->retry_after, sizeof t->retry_after);
-    } else if ((line[0] == 'x' || line[0] == 'X') && t->sink != NULL) {
+    } else if ((line[0] == 'x' || line[0] == 'X') && DOWNLOAD(t)) {
         keep_md5(t, line, n);
-    } else if ((line[0] == 'e' || line[0] == 'E') && t->sink != NULL) {
+    } else if ((line[0] == 'e' || line[0] == 'E') && DOWNLOAD(t)) {
         dp_keep_header(line, n, "etag", t->etag, sizeof t->etag);
     }
     return n;
@@ -166,6 +191,24 @@ static int on_send(void *ud, char *primary_ip, char *local_ip, int primary_port,
 
 /* ---- the transfer ---- */
 
+size_t dp_transfer_take(dp_transfer *t, const char **chunk)
+{
+    size_t n = t->body_len;
+
+    *chunk = t->body;
+    t->body_len = 0;
+    return n;
+}
+
+void dp_transfer_resume(dp_transfer *t)
+{
+    if (t->paused) {
+        t->paused = 0;
+        /* may write the held chunk at once: on_body only records */
+        (void)curl_easy_pause(t->curl, CURLPAUSE_CONT);
+    }
+}
+
 CURLcode dp_transfer_bind(dp_transfer *t, void *owner)
 {
     CURLcode rc = curl_easy_setopt(t->curl, CURLOPT_WRITEFUNCTION, on_body);
@@ -198,7 +241,7 @@ void dp_transfer_reset(dp_transfer *t)
     t->status = 0;
     t->body_len = 0;
     t->too_large = t->headers_done = t->header_lines = t->sends = t->resend_refused = 0;
-    t->sink_failed = 0;
+    t->sink_failed = t->restarted = t->paused = 0;
     t->written = 0;
     t->content_type[0] = t->retry_after[0] = t->errbuf[0] = '\0';
     t->md5[0] = t->content_range[0] = t->etag[0] = '\0';
@@ -319,6 +362,10 @@ const char *dp_transfer_result(dp_transfer *t, CURLcode rc, const char **message
     if (t->sink_failed) {
         *message = "writing the file failed";
         return "io";
+    }
+    if (t->restarted) {
+        *message = "the server ignored the Range request, and a sink cannot take back what it got";
+        return "http";
     }
     if (t->header_lines > DP_HEADER_LINES_MAX) {
         *message = "too many response header lines";

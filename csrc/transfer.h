@@ -22,6 +22,7 @@
 #define DP_RETRY_AFTER_MAX 64       /* bytes kept of Retry-After, NUL included */
 #define DP_HEADER_LINES_MAX 200     /* an answer with more is not an API answer */
 #define DP_CONCURRENCY_MAX 1000     /* the largest batch */
+#define DP_STREAM_CHUNK (1024 * 1024) /* a stream's buffer pauses the transfer past this */
 
 #define DP_AUTH_PREFIX "Authorization: Bearer "
 
@@ -52,6 +53,9 @@ typedef struct dp_transfer {
     dp_part *sink;
     curl_off_t offset, written;
     int sink_failed;
+    /* downloads to a stream (sink NULL): the 2xx body is buffered in body,
+     * taken from there between steps; the transfer pauses while it is full */
+    int stream, paused, restarted;
     char md5[64];               /* from x-goog-hash, base64 */
     char content_range[96];
     char etag[128];
@@ -72,6 +76,10 @@ void dp_transfer_reset(dp_transfer *t);
  * head, or NULL when out of memory. The token was checked. */
 struct curl_slist *dp_transfer_headers(dp_transfer *t, struct curl_slist *headers, char *type,
                                        const char *token, size_t token_len);
+/* A stream's buffered bytes (*chunk valid until the next step), emptied. */
+size_t dp_transfer_take(dp_transfer *t, const char **chunk);
+/* Unpauses a stream whose buffer was full, once taken. */
+void dp_transfer_resume(dp_transfer *t);
 /* Wipes the token and the body; frees nothing. */
 void dp_transfer_wipe(dp_transfer *t);
 /* Wipes the token; frees nothing. */

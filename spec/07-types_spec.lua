@@ -8,12 +8,6 @@
 -- definitions, and the examples against them.
 local helpers = require("spec.helpers")
 
--- Annotated ahead of the code (the export sink and the _async forms of
--- export and refresh, which come with other work): allowed to be missing
--- from the code until then. Empty this once they are in.
-local PENDING = {
-    ["dataportability.ExportOptions"] = { sink = true },
-}
 
 -- What the client calls on its driver and on the async module; not for users.
 local INTERNAL = {
@@ -116,12 +110,12 @@ local function names(t, functions_only)
 end
 
 -- What is annotated in class `cname` (its functions only, with `functions_only`)
--- but not in the code (`present`), PENDING aside.
+-- but not in the code (`present`).
 local function stale(classes, cname, present, functions_only)
     local extra = {}
     local annotated = functions_only and assert(classes[cname]).functions or all_fields(classes, cname)
     for name in pairs(annotated) do
-        if not present[name] and not (PENDING[cname] or {})[name] then
+        if not present[name] then
             extra[#extra + 1] = cname .. "." .. name
         end
     end

@@ -283,3 +283,106 @@ describe("client:export keeps each job's files its own, private and bounded", fu
         assert.equals(1, downloads())
     end)
 end)
+
+describe("client:export to a sink", function()
+    local emu, c
+    local TOTAL = 3 * MiB + 17
+
+    lazy_setup(function() emu = helpers.start() end)
+    lazy_teardown(function() helpers.stop(emu) end)
+    before_each(function()
+        emu:clear()
+        emu:configure({ job_seconds = 0.2, files = { { name = "one.zip", size = TOTAL },
+                                                     { name = "two.zip", size = 1000 } } })
+        c = dp.new(helpers.https(emu))
+    end)
+    after_each(function() c:close() end)
+
+    local function registered() return helpers.registered(emu, { dp.scope_for(GROUP) }) end
+
+    -- A sink that keeps what it is given, per file, and how each file ended.
+    local function recorder()
+        local got = {}
+        return got, function(chunk, file, err)
+            local f = got[file.name] or { parts = {}, index = file.index }
+            got[file.name] = f
+            if chunk then f.parts[#f.parts + 1] = chunk else f.ended, f.err = true, err end
+        end
+    end
+
+    -- The MD5 of bytes, as the server's x-goog-hash gives it.
+    local function md5(bytes)
+        local path = os.tmpname()
+        helpers.write(path, bytes)
+        local out = sh("openssl md5 -binary '" .. path .. "' | base64"):gsub("%s+$", "")
+        os.remove(path)
+        return out
+    end
+
+    it("gives every chunk, in order, then the end of each file; resumes a cut", function()
+        emu:set_fault({ action = "cut", path_prefix = "/dataportability-emulator/", after_bytes = MiB,
+                        count = 1 })
+        local got, sink = recorder()
+        local result = assert(c:export(registered(), { GROUP }, { sink = sink, reset = false }))
+        assert.equals(2, #result.files)
+        for i, f in ipairs(result.files) do
+            local bytes = table.concat(got[f.name].parts)
+            assert.equals(f.name == "one.zip" and TOTAL or 1000, #bytes)
+            assert.equals(f.size, #bytes)
+            assert.equals(md5(bytes), f.md5) -- the server's hash, checked on the stream
+            assert.is_nil(f.path)
+            assert.is_true(got[f.name].ended)
+            assert.is_nil(got[f.name].err)
+            assert.equals(i, got[f.name].index)
+        end
+        assert.is_true(#got["one.zip"].parts > 3) -- chunks, not one string
+        local ranged
+        for _, r in ipairs(emu:requests()) do ranged = ranged or r.headers.range == "bytes=" .. MiB .. "-" end
+        assert.is_true(ranged)
+    end)
+
+    it("takes an object with write and close", function()
+        local sizes, closed = {}, {}
+        local sink = {
+            write = function(self, chunk, file)
+                assert.is_table(self)
+                sizes[file.name] = (sizes[file.name] or 0) + #chunk
+            end,
+            close = function(_, file, err) closed[#closed + 1] = file.name .. ":" .. tostring(err) end,
+        }
+        local result = assert(c:export(registered(), { GROUP }, { sink = sink, reset = false }))
+        assert.same({ ["one.zip"] = TOTAL, ["two.zip"] = 1000 }, sizes)
+        assert.same({ "one.zip:nil", "two.zip:nil" }, closed)
+        assert.equals(2, #result.files)
+    end)
+
+    it("ends a file with its error when it cannot come whole, and fails the export", function()
+        emu:set_fault({ action = "cut", path_prefix = "/dataportability-emulator/", after_bytes = 1000,
+                        count = 100 })
+        local got, sink = recorder()
+        local ok, err = c:export(registered(), { GROUP }, { sink = sink, reset = false })
+        assert.is_nil(ok)
+        assert.equals("network", err.kind)
+        assert.is_string(err.job_id)
+        assert.is_true(got["one.zip"].ended)
+        assert.equals(err.message, got["one.zip"].err.message)
+    end)
+
+    it("a sink that raises: export raises it, as it was", function()
+        local boom = setmetatable({}, { __tostring = function() return "boom" end })
+        local ok, raised = pcall(c.export, c, registered(), { GROUP }, { reset = false,
+            sink = function(chunk) if chunk then error(boom) end end })
+        assert.is_false(ok)
+        assert.equals(boom, raised)
+        assert.is_true(c:reset(registered())) -- the client goes on
+    end)
+
+    it("takes dir or sink, one of them; a sink must be callable", function()
+        local token = registered()
+        for _, bad in ipairs({ {}, { dir = "/tmp", sink = print }, { sink = {} },
+                               { sink = { write = print } }, { sink = 42 } }) do
+            assert.has_error(function() c:export(token, { GROUP }, bad) end)
+        end
+        assert.equals(0, #emu:requests())
+    end)
+end)

@@ -129,6 +129,25 @@ describe("OpenResty: client:export on cosockets #host", function()
         assert.is_string(r.job_id)
     end)
 
+    it("streams an archive into the HTTP response through a sink, resuming a cut, never on disk", function()
+        emu:configure({ job_seconds = 0.2, files = { { name = "one.zip", size = 3 * MiB + 17 } } })
+        emu:set_fault({ action = "cut", path_prefix = "/dataportability-emulator/", after_bytes = MiB,
+                        count = 1 })
+        local body = dir .. "/body"
+        helpers.sh("curl -s -m 120 -o " .. q(body) .. " -H " .. q("Authorization: Bearer " .. registered())
+            .. " " .. q(server.url .. "/t/stream?endpoint=" .. escape(emu.https_endpoint)))
+        local r = case("streamed")
+        assert.is_true(r.ok, cjson.encode(r))
+        assert.equals(3 * MiB + 17, helpers.size_of(body))
+        assert.equals(md5_of(body), r.files[1].md5)
+        assert.is_nil(r.files[1].path)
+        local ranged
+        for _, req in ipairs(emu:requests()) do
+            ranged = ranged or req.headers.range == "bytes=" .. MiB .. "-"
+        end
+        assert.is_true(ranged)
+    end)
+
     it("a timer exports a large file while the worker keeps answering", function()
         emu:configure({ job_seconds = 0.2, files = { { name = "big.zip", size = 256 * MiB } } })
         local started = case("exportlater", registered(), { dir = dir })

@@ -462,6 +462,25 @@ describe("asynchronous calls on a luv loop", function()
             assert.equals(md5_of(again.files[1].path), again.files[1].md5)
         end)
 
+        it("streams to a sink on the loop: chunks in order, each file's end, then the callback", function()
+            local token = helpers.registered(emu, { dp.scope_for("myactivity.youtube") })
+            local c, results, order, sizes = client(), {}, {}, {}
+            local sink = {
+                write = function(_, chunk, file) sizes[file.name] = (sizes[file.name] or 0) + #chunk end,
+                close = function(_, file, err) order[#order + 1] = file.name .. ":" .. tostring(err) end,
+            }
+            c:export_async(token, GROUPS, { sink = sink, reset = false },
+                function(r, err) results[#results + 1] = { r = r, err = err, order = #order } end)
+            run_until(results, 1)
+            local r = assert(results[1].r, tostring(results[1].err))
+            assert.same({ ["big.zip"] = 8 * MiB + 3, ["small.zip"] = 1000 }, sizes)
+            assert.same({ "big.zip:nil", "small.zip:nil" }, order)
+            assert.equals(2, results[1].order) -- both ends before the callback
+            assert.is_string(r.files[1].md5)
+            assert.is_nil(r.files[1].path)
+            c:close()
+        end)
+
         it("checks its arguments at once, before any I/O", function()
             local c, token = client(), helpers.token()
             assert.has_error(function() c:export_async(token, GROUPS, { dir = "" }, print) end)

@@ -39,7 +39,7 @@ function _M.driver(hooks)
         multi = core.new_multi(),
         hooks = hooks,
         callbacks = {},     -- transport -> callback of its running request
-        downloads = {},     -- transport -> { progress =, reported = } of its running download
+        downloads = {},     -- transport -> { progress =, sink =, reported = } of its running download
         watched = {},       -- fd -> true
         queue = {},         -- results to deliver: { callback, n, ... }
         timers = {},        -- { due =, fn = }: Driver:after
@@ -59,6 +59,12 @@ end
 -- Applies what libcurl asked for: socket watches, then closes, then the
 -- timer; collects finished requests into the queue.
 local function sync_once(self)
+    for transport, d in pairs(self.downloads) do -- streams: their bytes, before their ends
+        if d.sink then
+            local chunk = self.multi:take(transport)
+            if chunk then self.queue[#self.queue + 1] = { d.sink, 1, chunk } end
+        end
+    end
     local changes, timeout = self.multi:changes()
     for i = 1, #changes, 2 do
         if self.closed then return end -- a hook closed the driver
@@ -77,7 +83,7 @@ local function sync_once(self)
     end
     for transport, d in pairs(self.downloads) do -- progress(done, total) once per MiB
         local done, total = self.multi:progress(transport)
-        if done and done - d.reported >= PROGRESS_STEP then
+        if d.progress and done and done - d.reported >= PROGRESS_STEP then
             d.reported = done
             self.queue[#self.queue + 1] = { d.progress, 2, done, total }
         end
@@ -164,8 +170,9 @@ function Driver:start(transport, method, path, token, body, callback, body_type)
 end
 
 --- Starts a download on a client transport: as client:download
---- (docs/transport.md), opts.progress(done, total) and callback(result)
---- on the loop, always later.
+--- (docs/transport.md), opts.progress(done, total), a stream's
+--- opts.sink(chunk) and callback(result) on the loop, in order, always
+--- later.
 function Driver:download(transport, url, path, opts, callback)
     local function done(r, _, _, _, kind, message) -- a table, or a failed request's seven values
         callback(type(r) == "table" and r or { kind = kind, message = message, written = 0, size = 0 })
@@ -179,7 +186,7 @@ function Driver:download(transport, url, path, opts, callback)
         self.queue[#self.queue + 1] = { done, 1, refused }
     else
         self.callbacks[transport] = done
-        self.downloads[transport] = opts.progress and { progress = opts.progress, reported = 0 } or nil
+        self.downloads[transport] = { progress = opts.progress, sink = opts.sink, reported = 0 }
     end
     local ok, err = pcall(sync, self)
     if not ok then -- a hook raised: the call raises, and did nothing

@@ -31,7 +31,12 @@ local function at_least(n, what)
 end
 
 local OPTIONS = options.spec({
-    dir = { "string!", check = function(v) if v == "" then return "must not be empty" end end },
+    dir = { "string", check = function(v) if v == "" then return "must not be empty" end end },
+    sink = { "function|table", check = function(v)
+        if type(v) == "table" and (type(v.write) ~= "function" or type(v.close) ~= "function") then
+            return "must be a function, or an object with write and close methods"
+        end
+    end },
     reset = "boolean", on_progress = "function", job_id = "string",
     start_time = "string|number", end_time = "string|number",
     -- Google's guidance: poll a job no more often than about once a second
@@ -163,6 +168,63 @@ local function fetch(host, url, jdir, name, progress, bounds)
     return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
 end
 
+-- Streams url's bytes to the user's sink: sink(chunk, file) or
+-- sink:write(chunk, file), then sink(nil, file, err) or sink:close(file,
+-- err) at the end (err nil: whole and verified). A transfer cut short
+-- resumes with Range from what the sink has (If-Range: the first
+-- answer's ETag); a server that sends the whole file again ends it.
+-- Returns size, md5; or nil, err, expired (the signed URL needs renewing).
+local function stream(host, url, file, sink, progress, bounds)
+    local object = type(sink) == "table"
+    local hash, id = core.part_file(nil), nil
+    local function give(chunk)
+        hash:write(chunk)
+        if object then sink:write(chunk, file) else sink(chunk, file) end
+    end
+    local function finish(size, md5, err, expired)
+        hash:close()
+        if object then sink:close(file, err) else sink(nil, file, err) end
+        return size, md5 or err, expired
+    end
+    local report = progress and function(done, total)
+        progress({ type = "download", file = file.name, done = done, total = total })
+    end
+    for _ = 0, RESUMES do
+        local left = bounds.deadline and bounds.deadline - core.now()
+        if left and left <= 0 then
+            return finish(nil, nil, download_error("timeout", file.name .. ": download_timeout ran out"))
+        end
+        local offset = hash:size()
+        local r = host.download(url, nil, {
+            sink = give, offset = offset, progress = report, if_range = id and id.etag,
+            low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
+        })
+        local status, answered = r.status, r.status or r.answered
+        if (answered == 200 and offset == 0) or (answered == 206 and not id) then
+            id = { total = r.total, etag = r.etag, md5 = r.md5 }
+        elseif answered == 206 and (r.total ~= id.total or (r.etag and r.etag ~= id.etag)) then
+            return finish(nil, nil, download_error("http", file.name .. ": the file changed while it came"))
+        end
+        if not status then -- a retryable failure goes on from what the sink has
+            local err = download_error(r.kind, r.message)
+            if not err.retryable then return finish(nil, nil, err) end
+        elseif (status == 200 or status == 206) and (not id.total or hash:size() == id.total) then
+            local md5 = hash:digest()
+            if id.md5 and md5 ~= id.md5 then
+                return finish(nil, nil, download_error("integrity", format(
+                    "%s: MD5 %s does not match the server's %s", file.name, md5, id.md5)))
+            end
+            return finish(hash:size(), id.md5)
+        elseif status == 400 or status == 401 or status == 403 then
+            return finish(nil, nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true)
+        elseif status ~= 206 then
+            return finish(nil, nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil))
+        end
+    end
+    return finish(nil, nil, download_error("network", format("%s: still incomplete after %d resumes",
+        file.name, RESUMES)))
+end
+
 -- Polls until the job ends: its COMPLETE state, or nil, err.
 local function wait(host, token, job_id, opts, progress)
     local delay = opts.poll_interval or 1
@@ -199,7 +261,10 @@ local _M = { file_name = file_name }
 --- export.check(opts, fname): raises on bad options, blaming the caller
 --- of client:fname.
 function _M.check(opts, fname)
-    options.check(opts, OPTIONS, fname, 3, 3)
+    opts = options.check(opts, OPTIONS, fname, 3, 3)
+    if (opts.dir == nil) == (opts.sink == nil) then
+        error(fname .. ": give option 'dir' (files on disk) or option 'sink', one of them", 3)
+    end
     if opts.poll_max_interval and opts.poll_max_interval < (opts.poll_interval or 1) then
         error(fname .. ": option 'poll_max_interval' must be >= poll_interval", 3)
     end
@@ -250,8 +315,11 @@ end
 --- export.run(host, token, resources, opts) -> result | nil, err: the
 --- workflow, its steps run by host (checked opts).
 function _M.run(host, token, resources, opts)
-    local ok, why = core.private_dir(opts.dir, true)
-    if not ok then return nil, download_error("io", why) end
+    local sink = opts.sink
+    if not sink then
+        local ok, why = core.private_dir(opts.dir, true)
+        if not ok then return nil, download_error("io", why) end
+    end
     local progress = opts.on_progress
     local job_id = opts.job_id
     if not job_id then
@@ -267,10 +335,15 @@ function _M.run(host, token, resources, opts)
         err.job_id = job_id
         return nil, err
     end
-    local jdir, jwhy = job_dir(opts.dir, job_id)
-    if not jdir then return nil, download_error("http", jwhy, { job_id = job_id }) end
-    ok, why = core.private_dir(jdir, true)
-    if not ok then return nil, download_error("io", why, { job_id = job_id }) end
+    local jdir
+    if not sink then
+        local why
+        jdir, why = job_dir(opts.dir, job_id)
+        if not jdir then return nil, download_error("http", why, { job_id = job_id }) end
+        local ok
+        ok, why = core.private_dir(jdir, true)
+        if not ok then return nil, download_error("io", why, { job_id = job_id }) end
+    end
     local bounds = {
         low_speed_limit = opts.low_speed_limit or LOW_SPEED_LIMIT,
         low_speed_time = opts.low_speed_time or LOW_SPEED_TIME,
@@ -279,20 +352,24 @@ function _M.run(host, token, resources, opts)
     local files, taken = {}, {}
     for i = 1, #st.urls do
         local name = file_name(st.urls[i], taken)
-        local final = jdir .. "/" .. name
+        local final = jdir and jdir .. "/" .. name
+        local function get(url)
+            if sink then return stream(host, url, { name = name, index = i }, sink, progress, bounds) end
+            return fetch(host, url, jdir, name, progress, bounds)
+        end
         -- finished by an earlier run of this job: published only once verified
-        local size = file_size(final)
+        local size = final and file_size(final)
         local md5
         if size then
             local id = read_identity(jdir .. "/." .. name .. ".json")
             md5 = id and id.md5
         else
             local expired
-            size, md5, expired = fetch(host, st.urls[i], jdir, name, progress, bounds)
+            size, md5, expired = get(st.urls[i])
             if not size and expired then -- signed URLs expire: renew once
                 local fresh, serr = host.call("state", token, job_id)
                 if fresh then
-                    size, md5 = fetch(host, fresh.urls[i] or st.urls[i], jdir, name, progress, bounds)
+                    size, md5 = get(fresh.urls[i] or st.urls[i])
                 else
                     md5 = serr
                 end

@@ -206,6 +206,27 @@ function CASES.exportlater()
     return { started = ok ~= nil, err = err }
 end
 
+-- The archive streamed into this response through a sink, never to disk;
+-- what export returned goes to /t/streamed.
+function CASES.stream()
+    local c = dp.new(options())
+    ngx.header["Content-Type"] = "application/zip"
+    local r, err = c:export(token(), { "myactivity.youtube" }, { reset = false, poll_interval = 1,
+        sink = function(chunk)
+            if chunk then
+                ngx.print(chunk)
+                ngx.flush(true) -- waits for the client: memory stays flat
+            end
+        end })
+    c:close()
+    local out = r and { ok = true, files = r.files } or result(nil, err)
+    ngx.shared.dp_test:set("streamed", cjson.encode(out))
+end
+
+function CASES.streamed()
+    return cjson.decode(ngx.shared.dp_test:get("streamed") or "null")
+end
+
 function CASES.exported()
     return cjson.decode(ngx.shared.dp_test:get("exported") or "null") or { running = false }
 end
@@ -218,7 +239,8 @@ end
 function _M.run()
     local case = CASES[ngx.var.uri:match("/t/(%w+)$")]
     if not case then return ngx.exit(404) end
-    return reply(case())
+    local out = case()
+    if out then reply(out) end -- else the case answered itself
 end
 
 --- For header_filter_by_lua, set_by_lua, log_by_lua: tries a reset and

@@ -39,13 +39,20 @@ local Client = {}
 ---Called with each chunk of a file, then once with `chunk == nil` at the end of the
 ---file: `err == nil` when it is complete and its MD5 verified, else the error, and what
 ---was delivered must be discarded.
----@alias dataportability.SinkFunction fun(chunk: string?, file: dataportability.ExportFile, err: dataportability.Error?)
+---@alias dataportability.SinkFunction fun(chunk: string?, file: dataportability.SinkFile, err: dataportability.Error?)
 
 ---A sink object: `write` for each chunk, then `close` at the end of each file.
 ---@class dataportability.Sink
----@field write fun(self: dataportability.Sink, chunk: string, file: dataportability.ExportFile)
+---@field write fun(self: dataportability.Sink, chunk: string, file: dataportability.SinkFile)
 ---`err == nil`: the file is complete and verified; else what was written must be discarded.
----@field close fun(self: dataportability.Sink, file: dataportability.ExportFile, err: dataportability.Error?)
+---@field close fun(self: dataportability.Sink, file: dataportability.SinkFile, err: dataportability.Error?)
+
+---The file a sink is given chunks of.
+---@class dataportability.SinkFile
+---Its name, as `dataportability.ExportFile.name`.
+---@field name string
+---Its position in the job's list of files, from 1.
+---@field index integer
 
 ---A file of the archive.
 ---@class dataportability.ExportFile
@@ -55,7 +62,7 @@ local Client = {}
 ---@field path? string
 ---Its size in bytes.
 ---@field size integer
----Its MD5 (hex), when the server gave one.
+---Its MD5 (base64, as Cloud Storage's `x-goog-hash`), when the server gave one.
 ---@field md5? string
 
 ---What `export` returns.

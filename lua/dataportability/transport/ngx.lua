@@ -429,6 +429,10 @@ local function fetch(self, to, path, part, o, deadline, r)
     end
     if chunked then length = nil end
     if status == 200 and offset > 0 then -- the server ignored the Range: the file starts again
+        if not part.truncate then
+            sock:close()
+            return "http", "the server ignored the Range request, and a sink cannot take back what it got"
+        end
         ok, err = part:truncate()
         if not ok then
             sock:close()
@@ -476,6 +480,25 @@ local function fetch(self, to, path, part, o, deadline, r)
     r.status, r.answered = status, nil
 end
 
+-- What a part file is to fetch, for a sink: each chunk to sink(chunk),
+-- from offset (the bytes it already has); what it raises is kept in r.
+local function stream(sink, offset, r)
+    local size = offset
+    return {
+        write = function(_, data)
+            local ok, raised = pcall(sink, data)
+            if not ok then
+                r.raised = { raised }
+                return nil, "raised"
+            end
+            size = size + #data
+            return true
+        end,
+        size = function() return size end,
+        close = function() return true end,
+    }
+end
+
 --- t:download(url, path, opts) -> result (docs/transport.md), as the C
 --- core's: the same options, checks and result fields, on a cosocket;
 --- opts.progress(done, total) runs between reads, at most once per MiB.
@@ -491,7 +514,11 @@ function T:download(url, path, o)
         r.kind, r.message = "http", host
         return r
     end
-    part, why = core.part_file(path, o.resume)
+    if path == nil then
+        part = stream(o.sink, o.offset or 0, r)
+    else
+        part, why = core.part_file(path, o.resume)
+    end
     if not part then
         r.kind, r.message = "io", why
         return r
@@ -505,7 +532,7 @@ function T:download(url, path, o)
     }, deadline, r)
     r.size = part:size()
     r.written = r.size - (r.offset or offset)
-    r.digest = part:digest()
+    r.digest = part.digest and part:digest()
     r.offset = nil
     if not part:close() and not kind then
         kind, message, r.answered, r.status = "io", "writing the file failed", r.status, nil

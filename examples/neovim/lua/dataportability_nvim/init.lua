@@ -23,7 +23,7 @@ local running
 M.last = nil
 
 function M.setup(options)
-    M.options = {}
+    M.options, M.export_dir = {}, nil
     for k, v in pairs(options or {}) do
         if k == "export_dir" then M.export_dir = v else M.options[k] = v end
     end
@@ -141,19 +141,17 @@ function M.export(groups)
         dir = vim.fn.stdpath("data") .. "/dataportability"
     end
     local export = { client = dp.new(M.options), status = "starting" }
-    running = export
-    say(format("exporting %s into %s", table.concat(groups, " "), dir))
-    status_changed()
     local ok, raised = pcall(export.client.export_async, export.client, token, groups, {
         dir = dir,
         on_progress = function(e) progress(export, e) end,
     }, function(result, err) finished(export, result, err) end)
-    if not ok then -- a programming error: nothing runs
-        running = nil
+    if not ok then -- bad options (an empty export_dir): nothing runs
         export.client:close()
-        status_changed()
         error(raised, 0)
     end
+    running = export -- the callback never runs before export_async returns
+    say(format("exporting %s into %s", table.concat(groups, " "), dir))
+    status_changed()
 end
 
 --- Stops the running export: it ends with a `closed` error.
