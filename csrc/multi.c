@@ -223,8 +223,29 @@ static dp_multi *check_open(lua_State *L)
     return m;
 }
 
-/* m:add(client, method, path [, token [, body]]) -> nothing when the
- * request started, else the seven values of a failed request */
+/* Puts easy, the handle of c's new request or download, into m:
+ * connections it makes close through m. NULL, or what failed. */
+static const char *join(lua_State *L, dp_multi *m, dp_client *c, CURL *easy)
+{
+    CURLcode rc = curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    CURLMcode mrc;
+
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, (void *)m);
+    if (rc != CURLE_OK)
+        return curl_easy_strerror(rc);
+    if ((mrc = curl_multi_add_handle(m->handle, easy)) != CURLM_OK)
+        return curl_multi_strerror(mrc);
+    lua_pushvalue(L, 2);
+    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->multi = m;
+    c->next = m->running;
+    m->running = c;
+    return NULL;
+}
+
+/* m:add(client, method, path [, token [, body [, body type]]]) -> nothing
+ * when the request started, else the seven values of a failed request */
 static int l_add(lua_State *L)
 {
     dp_multi *m = check_open(L);
@@ -232,64 +253,41 @@ static int l_add(lua_State *L)
     /* Connections made here close through on_close_socket, which needs
      * this multi: the request goes on the client's unshared handle. */
     int failed = dp_client_prepare(L, c, 3, 1);
-    CURLcode rc;
-    CURLMcode mrc;
+    const char *problem;
 
     if (failed)
         return failed;
-    rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->req.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
-    mrc = rc == CURLE_OK ? curl_multi_add_handle(m->handle, c->req.curl) : CURLM_OK;
-    if (rc != CURLE_OK || mrc != CURLM_OK) {
+    if ((problem = join(L, m, c, c->req.curl)) != NULL) {
         dp_client_release(c);
         (void)dp_client_swap(c);
-        return dp_push_failure(L, "network", rc != CURLE_OK ? curl_easy_strerror(rc)
-                               : curl_multi_strerror(mrc), DP_SENT_NO);
+        return dp_push_failure(L, "network", problem, DP_SENT_NO);
     }
-    lua_pushvalue(L, 2);
-    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    c->multi = m;
-    c->next = m->running;
-    m->running = c;
     return 0;
 }
 
 /* m:download(client, url, path, opts) -> nothing when the download
  * started, else its result table (client:download's, docs/transport.md;
  * opts.progress and a stream's opts.sink are the caller's to call:
- * m:progress, m:take). */
+ * m:progress, m:take). The download handle is in no share (download.c). */
 static int l_download(lua_State *L)
 {
     dp_multi *m = check_open(L);
     dp_client *c = dp_check_client(L, 2);
-    CURLcode rc;
-    CURLMcode mrc;
+    const char *problem;
 
     lua_settop(L, 5);
     if (dp_download_begin(L, c, 3))
         return 1;
-    /* As for requests (l_add): connections made here close through this
-     * multi; the download handle is in no share (download.c). */
-    rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(c->dl.curl, CURLOPT_CLOSESOCKETDATA, (void *)m);
-    mrc = rc == CURLE_OK ? curl_multi_add_handle(m->handle, c->dl.curl) : CURLM_OK;
-    if (rc != CURLE_OK || mrc != CURLM_OK) {
+    if ((problem = join(L, m, c, c->dl.curl)) != NULL) {
         dp_download_close(c);
         lua_createtable(L, 0, 2);
         lua_pushliteral(L, "network");
         lua_setfield(L, -2, "kind");
-        lua_pushstring(L, rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
+        lua_pushstring(L, problem);
         lua_setfield(L, -2, "message");
         return 1;
     }
-    lua_pushvalue(L, 2);
-    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    c->multi = m;
     c->downloading = 1;
-    c->next = m->running;
-    m->running = c;
     return 0;
 }
 

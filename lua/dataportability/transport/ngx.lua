@@ -147,28 +147,39 @@ local function read_error(err)
     return "network", "reading the response failed: " .. tostring(err)
 end
 
+-- A chunked body's framing: each(size) takes each chunk's size bytes and
+-- answers true, or nil, kind, message; then the trailers.
+local function read_chunked(self, sock, deadline, each)
+    while true do
+        local line, err = recv(self, sock, deadline, "*l")
+        local size = line and tonumber(match(line, "^%s*(%x+)"), 16)
+        if not size then return nil, read_error(err or "malformed chunk size") end
+        if size == 0 then break end
+        local ok, kind, message = each(size)
+        if not ok then return nil, kind, message end
+        line, err = recv(self, sock, deadline, "*l")
+        if line ~= "" then return nil, read_error(err or "malformed chunk end") end
+    end
+    repeat -- trailers, up to the empty line
+        local line, err = recv(self, sock, deadline, "*l")
+        if not line then return nil, read_error(err) end
+    until line == ""
+    return true
+end
+
 -- The body by Content-Length, chunked, or until the server closes; never
 -- more than BODY_MAX bytes are read into memory.
 local function read_body(self, sock, deadline, length, chunked)
     local parts, total = {}, 0
     if chunked then
-        while true do
-            local line, err = recv(self, sock, deadline, "*l")
-            local size = line and tonumber(match(line, "^%s*(%x+)"), 16)
-            if not size then return nil, read_error(err or "malformed chunk size") end
-            if size == 0 then break end
+        local ok, kind, message = read_chunked(self, sock, deadline, function(size)
             if total + size > BODY_MAX then return nil, "too_large", TOO_LARGE end
-            local data
-            data, err = recv(self, sock, deadline, size)
+            local data, err = recv(self, sock, deadline, size)
             if not data then return nil, read_error(err) end
             total, parts[#parts + 1] = total + size, data
-            line, err = recv(self, sock, deadline, "*l")
-            if line ~= "" then return nil, read_error(err or "malformed chunk end") end
-        end
-        repeat -- trailers, up to the empty line
-            local line, err = recv(self, sock, deadline, "*l")
-            if not line then return nil, read_error(err) end
-        until line == ""
+            return true
+        end)
+        if not ok then return nil, kind, message end
         return concat(parts)
     elseif length then
         if length > BODY_MAX then return nil, "too_large", TOO_LARGE end
@@ -357,25 +368,15 @@ local function stream_body(self, sock, deadline, length, chunked, part, o, repor
         return report()
     end
     if chunked then
-        while true do
-            local line, err = recv(self, sock, deadline, "*l")
-            local size = line and tonumber(match(line, "^%s*(%x+)"), 16)
-            if not size then return nil, read_error(err or "malformed chunk size") end
-            if size == 0 then break end
+        return read_chunked(self, sock, deadline, function(size)
             while size > 0 do
                 local before = part:size()
                 local ok, kind, message = take(min(size, CHUNK))
                 if not ok then return nil, kind, message end
                 size = size - (part:size() - before)
             end
-            line, err = recv(self, sock, deadline, "*l")
-            if line ~= "" then return nil, read_error(err or "malformed chunk end") end
-        end
-        repeat
-            local line, err = recv(self, sock, deadline, "*l")
-            if not line then return nil, read_error(err) end
-        until line == ""
-        return true
+            return true
+        end)
     end
     local left = length
     while left == nil or left > 0 do
