@@ -333,19 +333,22 @@ int dp_client_download(lua_State *L)
     CURLcode rc;
 
     lua_settop(L, 4);
-    if (dp_download_begin(L, c, 2))
-        return 1;
+    luaL_checktype(L, 4, LUA_TTABLE);
     lua_getfield(L, 4, "progress");
     progress.fn = lua_isnil(L, -1) ? 0 : lua_gettop(L);
     lua_getfield(L, 4, "sink");
     progress.sink = lua_gettop(L);
-    if (c->dl.stream && lua_isnil(L, progress.sink))
-        luaL_error(L, "download option 'sink' is needed without a path");
+    if (lua_isnil(L, 3) && lua_isnil(L, progress.sink))
+        return luaL_error(L, "download option 'sink' is needed without a path");
+    if (dp_download_begin(L, c, 2))
+        return 1;
     c->busy = 1;
     pid = c->pid;
     status = dp_client_run(L, c, &c->dl, report, &progress, &rc);
     if (status == DP_GO_ON && c->dl.stream) /* what came with the last step */
         status = drain(L, &c->dl, progress.sink);
+    if (status == DP_GO_ON && c->closing) /* by the sink, just now */
+        status = DP_STOPPED;
     if (status != DP_GO_ON)
         dp_download_close(c);
     dp_client_unbusy(L, c, pid); /* raises in a child forked by progress */

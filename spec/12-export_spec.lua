@@ -377,6 +377,20 @@ describe("client:export to a sink", function()
         assert.is_true(c:reset(registered())) -- the client goes on
     end)
 
+    it("a sink that closes the client: the export ends `closed`, and the file's end says so", function()
+        local got, record = recorder()
+        local function sink(chunk, file, ferr)
+            record(chunk, file, ferr)
+            if chunk then c:close() end
+        end
+        local result, err = c:export(registered(), { GROUP }, { reset = false, sink = sink })
+        assert.is_nil(result)
+        assert.equals("closed", err.kind)
+        assert.is_true(got["one.zip"].ended)
+        assert.equals("closed", got["one.zip"].err.kind)
+        assert.is_nil(got["two.zip"])
+    end)
+
     it("takes dir or sink, one of them; a sink must be callable", function()
         local token = registered()
         for _, bad in ipairs({ {}, { dir = "/tmp", sink = print }, { sink = {} },
