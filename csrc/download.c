@@ -39,6 +39,9 @@ static CURLcode make_handle(dp_client *c)
 /* What one download call asks for (docs/transport.md). */
 typedef struct {
     int resume;            /* append to the existing file */
+    int stream;            /* no file: opts.sink takes the bytes */
+    const char *etag;      /* if_range, held by the options table, or NULL */
+    size_t etag_len;
     curl_off_t offset;     /* a stream's: the bytes its sink already has */
     long low_speed_limit;  /* bytes/s ... */
     long low_speed_time;   /* ... for this many seconds ends the transfer */
@@ -62,13 +65,11 @@ static lua_Number opt_number(lua_State *L, int idx, const char *name, lua_Number
     return v;
 }
 
-/* Reads the options table at idx into o, and its if_range into c's
- * If-Range header (a copy: an asynchronous download outlives the call).
- * Bad options raise. */
-static void read_opts(lua_State *L, int idx, dp_client *c, dp_download_opts *o)
+/* Reads the options table at idx into o; stream: no path was given.
+ * Bad options raise, before anything of the client is touched. */
+static void read_opts(lua_State *L, int idx, int stream, dp_download_opts *o)
 {
-    const char *etag;
-    size_t len, i;
+    size_t i;
     lua_Number timeout_ms;
 
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -79,7 +80,10 @@ static void read_opts(lua_State *L, int idx, dp_client *c, dp_download_opts *o)
     lua_getfield(L, idx, "sink");
     if (!lua_isnil(L, -1))
         luaL_checktype(L, -1, LUA_TFUNCTION);
+    else if (stream)
+        luaL_error(L, "download option 'sink' is needed without a path");
     lua_pop(L, 1);
+    o->stream = stream;
     lua_getfield(L, idx, "resume");
     o->resume = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -91,19 +95,26 @@ static void read_opts(lua_State *L, int idx, dp_client *c, dp_download_opts *o)
     if (o->timeout_ms < timeout_ms) /* rounded up: 0 would mean no limit at all */
         o->timeout_ms++;
     lua_getfield(L, idx, "if_range");
-    etag = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &len);
-    for (i = 0; etag != NULL && i < len; i++)
-        if ((unsigned char)etag[i] < 0x20 || (unsigned char)etag[i] > 0x7e)
+    o->etag = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &o->etag_len);
+    for (i = 0; o->etag != NULL && i < o->etag_len; i++)
+        if ((unsigned char)o->etag[i] < 0x20 || (unsigned char)o->etag[i] > 0x7e)
             luaL_error(L, "download option 'if_range' must be printable ASCII");
+    lua_pop(L, 1); /* the string stays referenced by the options table */
+}
+
+/* c's If-Range header from o (a copy: an asynchronous download outlives
+ * the call); false when out of memory. */
+static int keep_if_range(dp_client *c, const dp_download_opts *o)
+{
     free(c->if_range);
     c->if_range = NULL;
-    if (etag != NULL) {
-        if ((c->if_range = malloc(len + sizeof "If-Range: ")) == NULL)
-            luaL_error(L, "out of memory");
-        memcpy(c->if_range, "If-Range: ", sizeof "If-Range: " - 1);
-        memcpy(c->if_range + sizeof "If-Range: " - 1, etag, len + 1);
-    }
-    lua_pop(L, 1);
+    if (o->etag == NULL)
+        return 1;
+    if ((c->if_range = malloc(o->etag_len + sizeof "If-Range: ")) == NULL)
+        return 0;
+    memcpy(c->if_range, "If-Range: ", sizeof "If-Range: " - 1);
+    memcpy(c->if_range + sizeof "If-Range: " - 1, o->etag, o->etag_len + 1);
+    return 1;
 }
 
 static CURLcode prepare(dp_client *c, const char *url, int https, curl_off_t offset,
@@ -242,6 +253,13 @@ static int push_result(lua_State *L, const dp_transfer *t, const char *kind, con
     return 1;
 }
 
+int dp_download_refuse(lua_State *L, const char *kind, const char *message)
+{
+    static const dp_transfer none; /* nothing ran: no status, no bytes */
+
+    return push_result(L, &none, kind, message, NULL);
+}
+
 int dp_download_begin(lua_State *L, dp_client *c, int arg)
 {
     const char *url = luaL_checkstring(L, arg);
@@ -251,21 +269,22 @@ int dp_download_begin(lua_State *L, dp_client *c, int arg)
     int https = 0;
     CURLcode rc;
 
-    read_opts(L, arg + 2, c, &o);
-    dp_transfer_reset(&c->dl);
-    if (!dp_client_ready(L, c)) {
-        dp_download_close(c);
-        return push_result(L, &c->dl, "closed", "client is closed", NULL);
-    }
+    read_opts(L, arg + 2, path == NULL, &o);
+    /* raises when c is busy: nothing of a running transfer is touched */
+    if (!dp_client_ready(L, c))
+        return dp_download_refuse(L, "closed", "client is closed");
     /* The URL comes from the server: a bad one is an answer, not a bug. */
     if ((problem = dp_check_download_url(url, c->loopback, &https)) != NULL) {
-        dp_download_close(c);
         lua_pushfstring(L, "the server listed a download URL that %s", problem);
-        return push_result(L, &c->dl, "http", lua_tostring(L, -1), NULL);
+        return dp_download_refuse(L, "http", lua_tostring(L, -1));
     }
+    dp_transfer_reset(&c->dl);
+    c->dl.offset = 0;
+    if (!keep_if_range(c, &o))
+        return dp_download_refuse(L, "network", "out of memory");
     if (path != NULL && (problem = dp_part_open(&c->part, path, o.resume)) != NULL) {
         dp_download_close(c);
-        return push_result(L, &c->dl, "io", problem, NULL);
+        return dp_download_refuse(L, "io", problem);
     }
     rc = prepare(c, url, https, path != NULL ? (curl_off_t)c->part.size : o.offset, &o);
     /* after prepare: binding a new handle clears them */
@@ -274,7 +293,7 @@ int dp_download_begin(lua_State *L, dp_client *c, int arg)
     c->dl.offset = path != NULL ? (curl_off_t)c->part.size : o.offset;
     if (rc != CURLE_OK) {
         dp_download_close(c);
-        return push_result(L, &c->dl, "network", curl_easy_strerror(rc), NULL);
+        return dp_download_refuse(L, "network", curl_easy_strerror(rc));
     }
     return 0;
 }
@@ -338,8 +357,6 @@ int dp_client_download(lua_State *L)
     progress.fn = lua_isnil(L, -1) ? 0 : lua_gettop(L);
     lua_getfield(L, 4, "sink");
     progress.sink = lua_gettop(L);
-    if (lua_isnil(L, 3) && lua_isnil(L, progress.sink))
-        return luaL_error(L, "download option 'sink' is needed without a path");
     if (dp_download_begin(L, c, 2))
         return 1;
     c->busy = 1;
@@ -355,17 +372,19 @@ int dp_client_download(lua_State *L)
     if (status == DP_RAISED)
         return lua_error(L); /* progress's error, as it was */
     if (status == DP_STOPPED)
-        return push_result(L, &c->dl, "closed", "client is closed", NULL);
+        return dp_download_refuse(L, "closed", "client is closed");
     return dp_download_end(L, c, rc);
 }
 
 /* m:progress(client) for asynchronous downloads: see dp.h */
-void dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total)
+int dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total, lua_Integer *written)
 {
-    curl_off_t whole = c->dl.status / 100 == 2 ? expected_total(&c->dl) : -1;
-
+    if (c->dl.status / 100 != 2)
+        return 0;
     *done = (lua_Integer)(c->dl.offset + c->dl.written);
-    *total = (lua_Integer)whole;
+    *total = (lua_Integer)expected_total(&c->dl);
+    *written = (lua_Integer)c->dl.written;
+    return 1;
 }
 
 /* ---- downloads driven from Lua: the cosocket transport's ---- */

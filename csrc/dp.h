@@ -127,9 +127,11 @@ int dp_client_download(lua_State *L);
 int dp_download_begin(lua_State *L, dp_client *c, int arg);
 int dp_download_end(lua_State *L, dp_client *c, CURLcode rc);
 void dp_download_close(dp_client *c);
-/* The running download's bytes in the file, and the whole file's size
- * (-1: not known yet). */
-void dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total);
+/* Pushes the result table of a download refused before it ran; 1. */
+int dp_download_refuse(lua_State *L, const char *kind, const char *message);
+/* Once the running download's answer is 2xx (else 0): the bytes of the
+ * file, its whole size (-1: not known yet), the bytes of this call. */
+int dp_download_progress(const dp_client *c, lua_Integer *done, lua_Integer *total, lua_Integer *written);
 /* core.part_file and core.download_target, for downloads driven from Lua */
 void dp_download_open(lua_State *L);
 int dp_client_many(lua_State *L);

@@ -280,34 +280,30 @@ static int l_download(lua_State *L)
         return 1;
     if ((problem = join(L, m, c, c->dl.curl)) != NULL) {
         dp_download_close(c);
-        lua_createtable(L, 0, 2);
-        lua_pushliteral(L, "network");
-        lua_setfield(L, -2, "kind");
-        lua_pushstring(L, problem);
-        lua_setfield(L, -2, "message");
-        return 1;
+        return dp_download_refuse(L, "network", problem);
     }
     c->downloading = 1;
     return 0;
 }
 
-/* m:progress(client) -> bytes in the file, the whole file's size or nil:
- * of the client's running download in m; nothing when none runs */
+/* m:progress(client) -> bytes in the file, the whole file's size or nil,
+ * bytes of this download: of the client's running download in m, once its
+ * answer is 2xx; nothing before, or when none runs */
 static int l_progress(lua_State *L)
 {
     dp_multi *m = check_open(L);
     dp_client *c = dp_check_client(L, 2);
-    lua_Integer done, total;
+    lua_Integer done, total, written;
 
-    if (c->multi != m || !c->downloading)
+    if (c->multi != m || !c->downloading || !dp_download_progress(c, &done, &total, &written))
         return 0;
-    dp_download_progress(c, &done, &total);
     lua_pushinteger(L, done);
     if (total >= 0)
         lua_pushinteger(L, total);
     else
         lua_pushnil(L);
-    return 2;
+    lua_pushinteger(L, written);
+    return 3;
 }
 
 /* m:take(client) -> the bytes a stream download of the client (path nil)

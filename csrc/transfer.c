@@ -195,6 +195,8 @@ size_t dp_transfer_take(dp_transfer *t, const char **chunk)
 {
     size_t n = t->body_len;
 
+    if (!t->stream || t->status / 100 != 2)
+        return 0; /* an error answer's body is no file data */
     *chunk = t->body;
     t->body_len = 0;
     return n;

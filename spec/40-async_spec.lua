@@ -371,6 +371,21 @@ describe("asynchronous calls on a luv loop", function()
             assert.has_error(function() s:refresh_async() end)
         end)
 
+        it("two calls that find the token expired share one refresh", function()
+            local s = source()
+            local a, b, results = client(), client(), {}
+            local function record(ok, err) results[#results + 1] = { ok = ok, err = err } end
+            a:check_access_type_async(s, record)
+            b:check_access_type_async(s, record)
+            run_until(results, 2)
+            for _, r in ipairs(results) do assert.is_table(r.ok, tostring(r.err)) end
+            local tokens = 0
+            for _, r in ipairs(emu:requests()) do if r.path == "/token" then tokens = tokens + 1 end end
+            assert.equals(1, tokens)
+            a:close()
+            b:close()
+        end)
+
         it("an _async call refreshes without blocking: the loop ticks while /token is slow", function()
             local s = source()
             emu:set_fault({ action = "delay", seconds = 1, path = "/token", count = 1 })
@@ -416,13 +431,19 @@ describe("asynchronous calls on a luv loop", function()
             local c, results, events, ticks = client(), {}, {}, 0
             local ticker = uv.new_timer()
             ticker:start(5, 5, function() ticks = ticks + 1 end)
+            local busy -- a second download while one runs raises, and leaves the first alone
             c:export_async(token, GROUPS, { dir = dir, on_progress = function(e)
                 events[#events + 1] = { type = e.type, done = e.done, ticks = ticks }
+                if e.type == "download" and not busy then
+                    busy = select(2, pcall(c.transport.download, c.transport, "https://127.0.0.2/x",
+                        dir .. "/x", { if_range = '"other"', resume = true }))
+                end
             end }, function(r, err) results[#results + 1] = { r = r, err = err } end)
             assert.equals(0, #results + #events) -- nothing before export_async returns
             run_until(results, 1)
             ticker:close()
             local r = assert(results[1].r, tostring(results[1].err))
+            assert.matches("busy", tostring(busy))
             assert.is_true(r.reset)
             assert.equals(2, #r.files)
             for _, f in ipairs(r.files) do
@@ -479,6 +500,29 @@ describe("asynchronous calls on a luv loop", function()
             assert.is_string(r.files[1].md5)
             assert.is_nil(r.files[1].path)
             c:close()
+        end)
+
+        it("a sink that raises: the download stops, the error reaches the loop as it was", function()
+            local token = helpers.registered(emu, { dp.scope_for("myactivity.youtube") })
+            local raised, chunks = {}, 0
+            local host = require("dataportability.async").luv_driver(uv, function(fn)
+                local ok, err = pcall(fn)
+                if not ok then raised[#raised + 1] = err end
+            end)
+            local boom = setmetatable({}, { __tostring = function() return "boom" end })
+            local c, results = dp.new(helpers.https(emu, { driver = host })), {}
+            c:export_async(token, GROUPS, { reset = false, sink = function(chunk)
+                if chunk then
+                    chunks = chunks + 1
+                    if chunks == 2 then error(boom) end
+                end
+            end }, function(r, err) results[#results + 1] = { r = r, err = err } end)
+            run_until(raised, 1)
+            assert.equals(boom, raised[1])
+            assert.equals(2, chunks) -- none after the raise
+            assert.equals(0, #results) -- the export ended with the raise
+            c:close()
+            host:close()
         end)
 
         it("checks its arguments at once, before any I/O", function()

@@ -39,7 +39,7 @@ function _M.driver(hooks)
         multi = core.new_multi(),
         hooks = hooks,
         callbacks = {},     -- transport -> callback of its running request
-        downloads = {},     -- transport -> { progress =, sink =, reported = } of its running download
+        downloads = {},     -- transport -> { progress =, give =, reported = } of its running download
         watched = {},       -- fd -> true
         queue = {},         -- results to deliver: { callback, n, ... }
         timers = {},        -- { due =, fn = }: Driver:after
@@ -59,10 +59,15 @@ end
 -- Applies what libcurl asked for: socket watches, then closes, then the
 -- timer; collects finished requests into the queue.
 local function sync_once(self)
-    for transport, d in pairs(self.downloads) do -- streams: their bytes, before their ends
-        if d.sink then
+    -- streams: their bytes before their ends, one chunk at a time: the
+    -- transfer waits until the sink has had the last one
+    for transport, d in pairs(self.downloads) do
+        if d.give and not d.giving then
             local chunk = self.multi:take(transport)
-            if chunk then self.queue[#self.queue + 1] = { d.sink, 1, chunk } end
+            if chunk then
+                d.giving = true
+                self.queue[#self.queue + 1] = { d.give, 1, chunk }
+            end
         end
     end
     local changes, timeout = self.multi:changes()
@@ -82,9 +87,9 @@ local function sync_once(self)
         self.queue[#self.queue + 1] = { callback, r.n - 1, unpack(r, 2, r.n) }
     end
     for transport, d in pairs(self.downloads) do -- progress(done, total) once per MiB
-        local done, total = self.multi:progress(transport)
-        if d.progress and done and done - d.reported >= PROGRESS_STEP then
-            d.reported = done
+        local done, total, written = self.multi:progress(transport)
+        if d.progress and done and written - d.reported >= PROGRESS_STEP then
+            d.reported = written
             self.queue[#self.queue + 1] = { d.progress, 2, done, total }
         end
     end
@@ -172,7 +177,8 @@ end
 --- Starts a download on a client transport: as client:download
 --- (docs/transport.md), opts.progress(done, total), a stream's
 --- opts.sink(chunk) and callback(result) on the loop, in order, always
---- later.
+--- later. What the sink raises ends the download: callback gets it in
+--- result.raised.
 function Driver:download(transport, url, path, opts, callback)
     local function done(r, _, _, _, kind, message) -- a table, or a failed request's seven values
         callback(type(r) == "table" and r or { kind = kind, message = message, written = 0, size = 0 })
@@ -182,11 +188,31 @@ function Driver:download(transport, url, path, opts, callback)
         return deliver(self)
     end
     local refused = self.multi:download(transport, url, path, opts)
+    local d = { progress = opts.progress, reported = 0 }
+    if opts.sink then
+        -- A sink that raises ends the download at once; the callback gets
+        -- the error in `raised`, for the caller to raise again.
+        d.give = function(chunk)
+            d.giving = false
+            if d.failed then return end
+            local ok, err = pcall(opts.sink, chunk)
+            if not ok then
+                d.failed = true
+                if self.callbacks[transport] == done then
+                    self.callbacks[transport], self.downloads[transport] = nil, nil
+                    self.multi:remove(transport)
+                end
+                return callback({ kind = "closed", message = "the sink raised", written = 0, size = 0,
+                                  raised = { err } })
+            end
+            sync(self) -- the next chunk, if one waits
+        end
+    end
     if refused then
         self.queue[#self.queue + 1] = { done, 1, refused }
     else
         self.callbacks[transport] = done
-        self.downloads[transport] = { progress = opts.progress, sink = opts.sink, reported = 0 }
+        self.downloads[transport] = d
     end
     local ok, err = pcall(sync, self)
     if not ok then -- a hook raised: the call raises, and did nothing
@@ -241,7 +267,12 @@ function Driver:timeout()
     self.timers = later
     sync(self)
     deliver(self)
-    for _, fn in ipairs(due) do fn() end
+    local failure -- each due timer runs, even after one raised; then the first error
+    for _, fn in ipairs(due) do
+        local ok, err = pcall(fn)
+        if not ok then failure = failure or { err } end
+    end
+    if failure then error(failure[1], 0) end
 end
 
 --- fn() now, or once the hooks being called have returned.

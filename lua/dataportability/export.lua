@@ -168,61 +168,67 @@ local function fetch(host, url, jdir, name, progress, bounds)
     return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
 end
 
--- Streams url's bytes to the user's sink: sink(chunk, file) or
--- sink:write(chunk, file), then sink(nil, file, err) or sink:close(file,
--- err) at the end (err nil: whole and verified). A transfer cut short
--- resumes with Range from what the sink has (If-Range: the first
--- answer's ETag); a server that sends the whole file again ends it.
--- Returns size, md5; or nil, err, expired (the signed URL needs renewing).
-local function stream(host, url, file, sink, progress, bounds)
+-- A file on its way to the user's sink: sink(chunk, file) or
+-- sink:write(chunk, file) for each chunk, then once at the end
+-- sink(nil, file, err) or sink:close(file, err), err nil when it came
+-- whole and verified. Its hash and identity outlive one signed URL.
+local function new_stream(sink, file)
     local object = type(sink) == "table"
-    local hash, id = core.part_file(nil), nil
-    local function give(chunk)
-        hash:write(chunk)
+    local s = { file = file, hash = core.part_file(nil) }
+    function s.give(chunk)
         if object then sink:write(chunk, file) else sink(chunk, file) end
+        s.hash:write(chunk) -- once the sink has it
     end
-    local function finish(size, md5, err, expired)
-        hash:close()
+    function s.finish(err)
+        s.hash:close()
         if object then sink:close(file, err) else sink(nil, file, err) end
-        return size, md5 or err, expired
     end
+    return s
+end
+
+-- Streams url's bytes to the stream s (new_stream). A transfer cut short
+-- resumes with Range from what the sink has (If-Range: the first answer's
+-- ETag); a server that sends the whole file again ends it. Returns size,
+-- md5; or nil, err, expired (the signed URL needs renewing).
+local function stream(host, url, s, progress, bounds)
+    local name = s.file.name
     local report = progress and function(done, total)
-        progress({ type = "download", file = file.name, done = done, total = total })
+        progress({ type = "download", file = name, done = done, total = total })
     end
     for _ = 0, RESUMES do
         local left = bounds.deadline and bounds.deadline - core.now()
         if left and left <= 0 then
-            return finish(nil, nil, download_error("timeout", file.name .. ": download_timeout ran out"))
+            return nil, download_error("timeout", name .. ": download_timeout ran out")
         end
-        local offset = hash:size()
+        local offset, id = s.hash:size(), s.id
         local r = host.download(url, nil, {
-            sink = give, offset = offset, progress = report, if_range = id and id.etag,
+            sink = s.give, offset = offset, progress = report, if_range = id and id.etag,
             low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
         })
         local status, answered = r.status, r.status or r.answered
         if (answered == 200 and offset == 0) or (answered == 206 and not id) then
-            id = { total = r.total, etag = r.etag, md5 = r.md5 }
+            s.id = { total = r.total, etag = r.etag, md5 = r.md5 }
+            id = s.id
         elseif answered == 206 and (r.total ~= id.total or (r.etag and r.etag ~= id.etag)) then
-            return finish(nil, nil, download_error("http", file.name .. ": the file changed while it came"))
+            return nil, download_error("http", name .. ": the file changed while it came")
         end
         if not status then -- a retryable failure goes on from what the sink has
             local err = download_error(r.kind, r.message)
-            if not err.retryable then return finish(nil, nil, err) end
-        elseif (status == 200 or status == 206) and (not id.total or hash:size() == id.total) then
-            local md5 = hash:digest()
+            if not err.retryable then return nil, err end
+        elseif (status == 200 or status == 206) and (not id.total or s.hash:size() == id.total) then
+            local md5 = s.hash:digest()
             if id.md5 and md5 ~= id.md5 then
-                return finish(nil, nil, download_error("integrity", format(
-                    "%s: MD5 %s does not match the server's %s", file.name, md5, id.md5)))
+                return nil, download_error("integrity", format("%s: MD5 %s does not match the server's %s",
+                    name, md5, id.md5))
             end
-            return finish(hash:size(), id.md5)
+            return s.hash:size(), id.md5
         elseif status == 400 or status == 401 or status == 403 then
-            return finish(nil, nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true)
+            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true
         elseif status ~= 206 then
-            return finish(nil, nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil))
+            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil)
         end
     end
-    return finish(nil, nil, download_error("network", format("%s: still incomplete after %d resumes",
-        file.name, RESUMES)))
+    return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
 end
 
 -- Polls until the job ends: its COMPLETE state, or nil, err.
@@ -304,7 +310,9 @@ function _M.on_loop(client, driver, resume)
             end)
         end,
         download = function(url, path, o)
-            return await(function(done) driver:download(client.transport, url, path, o, done) end)
+            local r = await(function(done) driver:download(client.transport, url, path, o, done) end)
+            if r.raised then error(r.raised[1], 0) end -- the sink's error, as it was
+            return r
         end,
         sleep = function(seconds)
             return await(function(done) driver:after(seconds, done) end)
@@ -353,8 +361,9 @@ function _M.run(host, token, resources, opts)
     for i = 1, #st.urls do
         local name = file_name(st.urls[i], taken)
         local final = jdir and jdir .. "/" .. name
+        local streaming = sink and new_stream(sink, { name = name, index = i })
         local function get(url)
-            if sink then return stream(host, url, { name = name, index = i }, sink, progress, bounds) end
+            if streaming then return stream(host, url, streaming, progress, bounds) end
             return fetch(host, url, jdir, name, progress, bounds)
         end
         -- finished by an earlier run of this job: published only once verified
@@ -374,6 +383,7 @@ function _M.run(host, token, resources, opts)
                     md5 = serr
                 end
             end
+            if streaming then streaming.finish(not size and md5 or nil) end
             if not size then -- md5 is the error
                 md5.job_id, md5.files = job_id, files
                 return nil, md5

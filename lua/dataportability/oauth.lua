@@ -198,11 +198,26 @@ function Source:refresh_async(callback)
     local p = private[self]
     self.driver = self.driver or async.default_driver()
     if not p.refresh_token then return self.driver:settle(callback, nil, no_refresh_token()) end
-    post_async(self.driver, p.token_transport, p.token_path, refresh_fields(self, p), "oauth.token",
-        { p.refresh_token, p.client_secret }, function(doc, err)
-            if not doc then return callback(nil, err) end
-            callback(take(self, doc, "oauth.token"))
+    if p.waiting then -- one refresh at a time: its answer is everyone's
+        p.waiting[#p.waiting + 1] = callback
+        return
+    end
+    p.waiting = { callback }
+    local started, raised = pcall(post_async, self.driver, p.token_transport, p.token_path,
+        refresh_fields(self, p), "oauth.token", { p.refresh_token, p.client_secret }, function(doc, err)
+            local waiting, access, failure = p.waiting, nil, nil
+            p.waiting = nil
+            if doc then access, err = take(self, doc, "oauth.token") end
+            for _, waiter in ipairs(waiting) do -- each one, even after one raised
+                local ok, why = pcall(waiter, access, err)
+                if not ok then failure = failure or { why } end
+            end
+            if failure then error(failure[1], 0) end
         end)
+    if not started then -- a hook raised: nothing runs, and nothing waits
+        p.waiting = nil
+        error(raised, 0)
+    end
 end
 
 --- source:token() -> access token | nil, err: the cached one until shortly

@@ -348,6 +348,7 @@ local function stream_body(self, sock, deadline, length, chunked, part, o, repor
         sock:settimeouts(left, left, min(slow_ms, left)) -- a silent server is a slow one
         local data, err = sock:receiveany(max)
         if not data then
+            ngx.update_time()
             if err == "timeout" and ngx.now() < deadline then
                 return nil, "timeout", format("fewer than %d bytes a second for %d seconds",
                     o.low_speed_limit, o.low_speed_time)
@@ -412,6 +413,7 @@ local function fetch(self, to, path, part, o, deadline, r)
     if ok then -- no byte for low_speed_time is too slow, as for libcurl
         ngx.update_time()
         status, minor, h = read_head(self, sock, min(deadline, ngx.now() + o.low_speed_time))
+        ngx.update_time()
         if not status and minor == "timeout" and ngx.now() < deadline then
             h = format("no answer for %d seconds", o.low_speed_time)
         end
@@ -429,6 +431,7 @@ local function fetch(self, to, path, part, o, deadline, r)
         return "network", "malformed Content-Length"
     end
     if chunked then length = nil end
+    r.answered = status -- until the body is whole
     if status == 200 and offset > 0 then -- the server ignored the Range: the file starts again
         if not part.truncate then
             sock:close()
@@ -441,7 +444,6 @@ local function fetch(self, to, path, part, o, deadline, r)
         end
         r.offset = 0
     end
-    r.answered = status -- until the body is whole
     if status >= 200 and status < 300 then
         r.total = expected_total(h, r.offset or offset, length)
         r.etag = h["etag"] and header_value(h["etag"], 127)
@@ -504,6 +506,12 @@ end
 --- core's: the same options, checks and result fields, on a cosocket;
 --- opts.progress(done, total) runs between reads, at most once per MiB.
 function T:download(url, path, o)
+    if o.if_range ~= nil and (type(o.if_range) ~= "string" or find(o.if_range, "[^\32-\126]")) then
+        error("download option 'if_range' must be printable ASCII", 2)
+    end
+    if path == nil and type(o.sink) ~= "function" then
+        error("download option 'sink' is needed without a path", 2)
+    end
     local r = { written = 0, size = 0 }
     if self.closed then
         r.kind, r.message = "closed", "client is closed"
