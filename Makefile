@@ -84,6 +84,7 @@ example-openresty: deps luajit
 
 # Not part of make test: it takes minutes and wants an otherwise idle machine.
 bench: deps matrix
+	@bench/install || echo "bench: bench/install failed: the OpenResty figure will be 'not run'" >&2
 	@if [ -x bench/google/install ]; then bench/google/install || \
 		echo "bench: bench/google/install failed: Google's clients will be 'not run'" >&2; fi
 	@bench/run
