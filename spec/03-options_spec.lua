@@ -162,7 +162,12 @@ describe("option errors of every public function", function()
         check({
             { function() c:export(TOKEN, GROUPS) end,
               "bad argument #3 to 'export' (options table expected, got nil)" },
-            { function() c:export(TOKEN, GROUPS, {}) end, "export: option 'dir' is required" },
+            { function() c:export(TOKEN, GROUPS, {}) end,
+              "export: give option 'dir' (files on disk) or option 'sink', one of them" },
+            { function() c:export(TOKEN, GROUPS, { dir = "/tmp", sink = print }) end,
+              "export: give option 'dir' (files on disk) or option 'sink', one of them" },
+            { function() c:export(TOKEN, GROUPS, { sink = { write = print } }) end,
+              "export: option 'sink' must be a function, or an object with write and close methods" },
             { function() c:export(TOKEN, GROUPS, { dir = 5 }) end,
               "export: option 'dir' must be a string, got number" },
             { function() c:export(TOKEN, GROUPS, { dir = "/tmp", bogus = 1 }) end,

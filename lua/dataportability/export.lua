@@ -267,6 +267,9 @@ local _M = { file_name = file_name }
 --- export.check(opts, fname): raises on bad options, blaming the caller
 --- of client:fname.
 function _M.check(opts, fname)
+    if opts == nil then -- dir or sink is needed: nil is no empty table here
+        error(format("bad argument #3 to '%s' (options table expected, got nil)", fname), 3)
+    end
     opts = options.check(opts, OPTIONS, fname, 3, 3)
     if (opts.dir == nil) == (opts.sink == nil) then
         error(fname .. ": give option 'dir' (files on disk) or option 'sink', one of them", 3)
