@@ -102,6 +102,31 @@ local function read_identity(path)
     return type(doc) == "table" and doc or nil
 end
 
+-- What fetch and stream share: each attempt's options (the bounds, the
+-- time left, progress events for `name`), and what an answer that is not
+-- the file means: nil, err, expired (the signed URL needs renewing).
+local function attempt_options(bounds, name, progress)
+    local left = bounds.deadline and bounds.deadline - core.now()
+    if left and left <= 0 then
+        return nil, download_error("timeout", name .. ": download_timeout ran out")
+    end
+    return {
+        low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
+        progress = progress and function(done, total)
+            progress({ type = "download", file = name, done = done, total = total })
+        end,
+    }
+end
+
+local function refused(status, r)
+    return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil),
+        status == 400 or status == 401 or status == 403
+end
+
+local function incomplete(name)
+    return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
+end
+
 -- Downloads url into DIR/<job>/NAME through .NAME.part (published when whole
 -- and verified). Returns size, md5; or nil, err, expired (the signed URL
 -- needs renewing).
@@ -114,18 +139,11 @@ local function fetch(host, url, jdir, name, progress, bounds)
         remove(id_path)
         id = nil
     end
-    local report = progress and function(done, total)
-        progress({ type = "download", file = name, done = done, total = total })
-    end
     for _ = 0, RESUMES do
-        local left = bounds.deadline and bounds.deadline - core.now()
-        if left and left <= 0 then
-            return nil, download_error("timeout", name .. ": download_timeout ran out")
-        end
-        local r = host.download(url, part, {
-            progress = report, resume = id ~= nil, if_range = id and id.etag,
-            low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
-        })
+        local o, err = attempt_options(bounds, name, progress)
+        if not o then return nil, err end
+        o.resume, o.if_range = id ~= nil, id and id.etag
+        local r = host.download(url, part, o)
         local status, answered = r.status, r.status or r.answered -- answered: cut short too
         if answered == 206 and id and (r.total ~= id.total or (r.etag and r.etag ~= id.etag)) then
             -- the part is of another object: it starts over
@@ -159,13 +177,11 @@ local function fetch(host, url, jdir, name, progress, bounds)
             remove(part)
             remove(id_path)
             id = nil
-        elseif status == 400 or status == 401 or status == 403 then
-            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true
         elseif status ~= 206 then
-            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil)
+            return refused(status, r)
         end
     end
-    return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
+    return incomplete(name)
 end
 
 -- A file on its way to the user's sink: sink(chunk, file) or
@@ -192,19 +208,12 @@ end
 -- md5; or nil, err, expired (the signed URL needs renewing).
 local function stream(host, url, s, progress, bounds)
     local name = s.file.name
-    local report = progress and function(done, total)
-        progress({ type = "download", file = name, done = done, total = total })
-    end
     for _ = 0, RESUMES do
-        local left = bounds.deadline and bounds.deadline - core.now()
-        if left and left <= 0 then
-            return nil, download_error("timeout", name .. ": download_timeout ran out")
-        end
+        local o, err = attempt_options(bounds, name, progress)
+        if not o then return nil, err end
         local offset, id = s.hash:size(), s.id
-        local r = host.download(url, nil, {
-            sink = s.give, offset = offset, progress = report, if_range = id and id.etag,
-            low_speed_limit = bounds.low_speed_limit, low_speed_time = bounds.low_speed_time, timeout = left,
-        })
+        o.sink, o.offset, o.if_range = s.give, offset, id and id.etag
+        local r = host.download(url, nil, o)
         local status, answered = r.status, r.status or r.answered
         if (answered == 200 and offset == 0) or (answered == 206 and not id) then
             s.id = { total = r.total, etag = r.etag, md5 = r.md5 }
@@ -213,7 +222,7 @@ local function stream(host, url, s, progress, bounds)
             return nil, download_error("http", name .. ": the file changed while it came")
         end
         if not status then -- a retryable failure goes on from what the sink has
-            local err = download_error(r.kind, r.message)
+            err = download_error(r.kind, r.message)
             if not err.retryable then return nil, err end
         elseif (status == 200 or status == 206) and (not id.total or s.hash:size() == id.total) then
             local md5 = s.hash:digest()
@@ -222,13 +231,11 @@ local function stream(host, url, s, progress, bounds)
                     name, md5, id.md5))
             end
             return s.hash:size(), id.md5
-        elseif status == 400 or status == 401 or status == 403 then
-            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil), true
         elseif status ~= 206 then
-            return nil, errors.from_response(METHOD, status, r.error_body or "", nil, nil)
+            return refused(status, r)
         end
     end
-    return nil, download_error("network", format("%s: still incomplete after %d resumes", name, RESUMES))
+    return incomplete(name)
 end
 
 -- Polls until the job ends: its COMPLETE state, or nil, err.
