@@ -148,6 +148,21 @@ describe("OpenResty: client:export on cosockets #host", function()
         assert.is_true(ranged)
     end)
 
+    it("token sources refresh and revoke over cosockets", function()
+        emu:add_client({ client_id = "cid", client_secret = "spec-secret-0123",
+                         redirect_uris = { "http://127.0.0.1/cb" } })
+        local refresh = "1//0g" .. require("dataportability.core").random_base64url(40)
+        emu:add_token(nil, { dp_scope }, { refresh_token = refresh })
+        local r = case("source", refresh)
+        assert.is_true(r.refreshed, cjson.encode(r))
+        assert.is_true(r.call.ok, cjson.encode(r.call))
+        assert.is_true(r.revoked.ok, cjson.encode(r.revoked))
+        assert.equals("invalid_grant", r.after_revoke, cjson.encode(r))
+        local paths = {}
+        for i, req in ipairs(emu:requests()) do paths[i] = req.path end
+        assert.same({ "/token", "/v1/accessType:check", "/revoke", "/token" }, paths)
+    end)
+
     it("a timer exports a large file while the worker keeps answering", function()
         emu:configure({ job_seconds = 0.2, files = { { name = "big.zip", size = 256 * MiB } } })
         local started = case("exportlater", registered(), { dir = dir })

@@ -223,6 +223,28 @@ function CASES.stream()
     ngx.shared.dp_test:set("streamed", cjson.encode(out))
 end
 
+-- A token source over cosockets: the refresh token in the header, the
+-- client registered by the spec as "cid"/"spec-secret-0123": refresh, a
+-- call with the source, revoke, then a refresh that must fail.
+function CASES.source()
+    local args = ngx.req.get_uri_args()
+    local function source()
+        return dp.token_source({ client_id = "cid", client_secret = "spec-secret-0123",
+            refresh_token = token(), token_endpoint = args.endpoint .. "/token",
+            revoke_endpoint = args.endpoint .. "/revoke" })
+    end
+    local s = source()
+    local access, err = s:refresh()
+    local out = { refreshed = access ~= nil and access ~= token(), refresh_error = err and err.kind }
+    local c = dp.new(options())
+    out.call = result(c:check_access_type(s))
+    c:close()
+    out.revoked = result(s:revoke())
+    local again, aerr = source():refresh() -- the revoked refresh token, anew
+    out.after_revoke = again == nil and aerr and aerr.status
+    return out
+end
+
 function CASES.streamed()
     return cjson.decode(ngx.shared.dp_test:get("streamed") or "null")
 end
