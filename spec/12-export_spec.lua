@@ -10,6 +10,7 @@ local MiB = 1024 * 1024
 
 local tmpdir = helpers.tmpdir
 local size_of = helpers.size_of
+local md5_of = helpers.md5_of
 local rss_kib = helpers.rss_kib
 local sh = helpers.sh
 
@@ -163,7 +164,6 @@ describe("client:export keeps each job's files its own, private and bounded", fu
         return c:export(token or registered(), { GROUP }, opts)
     end
 
-    local function md5_of(path) return (require("dataportability.core").md5_file(path)) end
 
     it("a second job in a directory used before downloads its own files, each with its MD5", function()
         local first = assert(run())
@@ -314,7 +314,7 @@ describe("client:export to a sink", function()
     local function md5(bytes)
         local path = os.tmpname()
         helpers.write(path, bytes)
-        local out = sh("openssl md5 -binary '" .. path .. "' | base64"):gsub("%s+$", "")
+        local out = helpers.md5_of(path)
         os.remove(path)
         return out
     end

@@ -243,7 +243,7 @@ describe("OpenResty: the consent-to-reset service in headless Chromium #host", f
                 local path = job_dir .. "/" .. want.name
                 assert.equals(want.size, helpers.size_of(path))
                 assert.equals("600", mode_of(path))
-                assert.equals(f.md5, core.md5_file(path))
+                assert.equals(f.md5, helpers.md5_of(path))
             end
             for name in sh("ls -A " .. q(job_dir)):gmatch("%S+") do
                 assert.equals("600", mode_of(job_dir .. "/" .. name), name) -- .part and .json too
@@ -275,7 +275,7 @@ describe("OpenResty: the consent-to-reset service in headless Chromium #host", f
                 local copy = tmp .. "/copy-" .. i
                 sh(("curl -s -m 60 --cacert %s -o %s %s"):format(q(emu.ca_file), q(copy), q(url)))
                 local name = url:match("^[^?]*/([^/?]+)%?")
-                assert.equals(core.md5_file(copy), core.md5_file(job_dir .. "/" .. name), name)
+                assert.equals(helpers.md5_of(copy), helpers.md5_of(job_dir .. "/" .. name), name)
             end
             client:close()
 

@@ -19,9 +19,7 @@ local function mode(path)
     return (helpers.sh("stat -c %a " .. q(path)):gsub("%s+$", ""))
 end
 
-local function md5_of(path)
-    return (helpers.sh("openssl md5 -binary " .. q(path) .. " | base64"):gsub("%s+$", ""))
-end
+local md5_of = helpers.md5_of
 
 describe("OpenResty: client:export on cosockets #host", function()
     local emu, server, dir

@@ -420,9 +420,7 @@ describe("asynchronous calls on a luv loop", function()
         end)
         after_each(function() os.execute("rm -rf " .. helpers.quote(dir)) end)
 
-        local function md5_of(path)
-            return (helpers.sh("openssl md5 -binary " .. helpers.quote(path) .. " | base64"):gsub("%s+$", ""))
-        end
+        local md5_of = helpers.md5_of
 
         local GROUPS = { "myactivity.youtube" }
 

@@ -2,7 +2,6 @@
 -- of spec/neovim/ and the example plugin against the emulator.
 local helpers = require("spec.helpers")
 local cjson = require("cjson.safe")
-local core = require("dataportability.core")
 local dp = require("dataportability")
 
 local q = helpers.quote
@@ -154,7 +153,7 @@ describe("Neovim: :DataPortabilityExport and export_async #host", function()
                 assert.equals(dir .. "/" .. result.job_id .. "/" .. f.name, f.path)
                 assert.equals(f.size, helpers.size_of(f.path))
                 assert.is_string(f.md5)
-                assert.equals(f.md5, core.md5_file(f.path))
+                assert.equals(f.md5, helpers.md5_of(f.path))
             end
 
             -- the notices, in order, at their levels
@@ -213,7 +212,7 @@ describe("Neovim: :DataPortabilityExport and export_async #host", function()
         local f = result.files[1]
         assert.equals(256 * MiB, f.size)
         assert.equals(256 * MiB, helpers.size_of(f.path))
-        assert.equals(f.md5, core.md5_file(f.path))
+        assert.equals(f.md5, helpers.md5_of(f.path))
         os.execute("rm -rf " .. q(dir))
 
         assert.is_number(r.ticks)

@@ -80,6 +80,12 @@ function _M.tmpdir()
     return (_M.sh("mktemp -d"):gsub("%s+$", ""))
 end
 
+--- A file's MD5, base64 as Cloud Storage's x-goog-hash gives it: the
+--- openssl command's, a reference apart from the code under test.
+function _M.md5_of(path)
+    return (_M.sh("openssl md5 -binary " .. _M.quote(path) .. " | base64"):gsub("%s+$", ""))
+end
+
 --- A file's size, or nil when it does not exist.
 function _M.size_of(path)
     local f = io.open(path, "rb")
