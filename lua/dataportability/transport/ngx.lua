@@ -226,6 +226,25 @@ local function read_head(self, sock, deadline)
     return status, minor, headers
 end
 
+-- How the body ends: chunked, and its Content-Length (nil: chunked, or at
+-- the connection's close); or nil, what is wrong.
+local function framing(h)
+    local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
+    local length = h["content-length"] and tonumber(match(h["content-length"], "^%s*(%d+)%s*$"))
+    if h["content-length"] and not length and not chunked then return nil, "malformed Content-Length" end
+    return chunked, not chunked and length or nil
+end
+
+-- After an answer: back to the pool only when the body's end was not the
+-- connection's close (delimited) and the server keeps it open.
+local function release(sock, minor, h, delimited)
+    if minor == "1" and delimited and not find(lower(h["connection"] or ""), "close", 1, true) then
+        if not sock:setkeepalive() then sock:close() end
+    else
+        sock:close()
+    end
+end
+
 -- No answer: the seven values of docs/transport.md.
 local function none(kind, message, sent)
     return nil, nil, nil, nil, kind, message, sent
@@ -253,23 +272,14 @@ local function exchange(self, req, deadline)
         if reused and nothing and minor ~= "timeout" then return fail("network", STALE, "stale") end
         return fail(minor, h)
     end
-    local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
-    local length = h["content-length"] and tonumber(match(h["content-length"], "^%s*(%d+)%s*$"))
-    if h["content-length"] and not length and not chunked then
-        return fail("network", "malformed Content-Length")
-    end
-    local body, delimited = "", true
+    local chunked, length = framing(h)
+    if chunked == nil then return fail("network", length) end
+    local body = ""
     if status ~= 204 and status ~= 304 then
-        delimited = chunked or length ~= nil
-        body, kind, message = read_body(self, sock, deadline, not chunked and length, chunked)
+        body, kind, message = read_body(self, sock, deadline, length, chunked)
         if not body then return fail(kind, message) end
     end
-    -- the connection is reusable only when the body's end was not its close
-    if minor == "1" and delimited and not find(lower(h["connection"] or ""), "close", 1, true) then
-        if not sock:setkeepalive() then sock:close() end
-    else
-        sock:close()
-    end
+    release(sock, minor, h, chunked or length ~= nil or status == 204 or status == 304)
     return status, body, h["content-type"] and header_value(h["content-type"], limits.content_type_max),
         h["retry-after"] and header_value(h["retry-after"], limits.retry_after_max)
 end
@@ -424,13 +434,11 @@ local function fetch(self, to, path, part, o, deadline, r)
         sock:close()
         return minor, h
     end
-    local chunked = find(lower(h["transfer-encoding"] or ""), "chunked", 1, true) ~= nil
-    local length = h["content-length"] and tonumber(match(h["content-length"], "^%s*(%d+)%s*$"))
-    if h["content-length"] and not length and not chunked then
+    local chunked, length = framing(h)
+    if chunked == nil then
         sock:close()
-        return "network", "malformed Content-Length"
+        return "network", length
     end
-    if chunked then length = nil end
     r.answered = status -- until the body is whole
     if status == 200 and offset > 0 then -- the server ignored the Range: the file starts again
         if not part.truncate then
@@ -475,11 +483,7 @@ local function fetch(self, to, path, part, o, deadline, r)
         end
         r.error_body = body ~= "" and body or nil
     end
-    if minor == "1" and (chunked or length) and not find(lower(h["connection"] or ""), "close", 1, true) then
-        if not sock:setkeepalive() then sock:close() end
-    else
-        sock:close()
-    end
+    release(sock, minor, h, chunked or length ~= nil or status == 204 or status == 304)
     r.status, r.answered = status, nil
 end
 
